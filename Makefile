@@ -1,0 +1,36 @@
+# Developer and CI entry points. Everything runs from the project virtualenv in .venv.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# ruff fails on paths that do not exist (bench/ may not yet)
+LINT_PATHS := $(wildcard app agents models tests bench)
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint bench run
+
+venv: $(STAMP)
+
+# Reinstall only when pyproject.toml changed since the last successful install.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,embedded]'
+	touch $@
+
+test: venv
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+bench: venv
+	@set -e; for file in $(sort $(wildcard bench/*.py)); do \
+		name=$$(basename $$file .py); \
+		[ "$$name" = __init__ ] && continue; \
+		echo "== bench.$$name"; \
+		$(PY) -m bench.$$name; \
+	done
+
+run: venv
+	$(VENV)/bin/governance dev

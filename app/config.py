@@ -1,0 +1,78 @@
+"""Service configuration, read once from environment variables.
+
+Every variable is listed (with its default) in README.md; defaults suit a developer laptop,
+production overrides them in k8s/.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, str(default)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_id: str = field(default_factory=lambda: _env("APP_ID", "governance-jobs"))
+    kafka_bootstrap_servers: str = field(
+        default_factory=lambda: _env("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+    )
+    topic_partitions: int = field(default_factory=lambda: _env_int("TOPIC_PARTITIONS", 12))
+    topic_replication_factor: int = field(default_factory=lambda: _env_int("TOPIC_REPLICATION_FACTOR", 1))
+    topic_min_insync_replicas: int = field(default_factory=lambda: _env_int("TOPIC_MIN_INSYNC_REPLICAS", 1))
+    topic_retention_ms: int = field(
+        default_factory=lambda: _env_int("TOPIC_RETENTION_MS", 7 * 24 * 3600 * 1000)
+    )
+    # Short group timeouts make local runs and tests rebalance in seconds; production keeps
+    # Kafka's safer defaults through these variables.
+    broker_session_timeout: float = field(default_factory=lambda: _env_float("BROKER_SESSION_TIMEOUT", 60.0))
+    broker_heartbeat_interval: float = field(
+        default_factory=lambda: _env_float("BROKER_HEARTBEAT_INTERVAL", 3.0)
+    )
+    broker_rebalance_timeout: float = field(
+        default_factory=lambda: _env_float("BROKER_REBALANCE_TIMEOUT", 60.0)
+    )
+    database_url: str = field(
+        default_factory=lambda: _env("DATABASE_URL", "postgresql://governance@localhost:5432/governance")
+    )
+    db_pool_min: int = field(default_factory=lambda: _env_int("DB_POOL_MIN", 1))
+    db_pool_max: int = field(default_factory=lambda: _env_int("DB_POOL_MAX", 10))
+    s3_endpoint_url: str = field(default_factory=lambda: _env("S3_ENDPOINT_URL", "http://localhost:9000"))
+    s3_access_key_id: str = field(default_factory=lambda: _env("S3_ACCESS_KEY_ID", "governance"))
+    s3_secret_access_key: str = field(
+        default_factory=lambda: _env("S3_SECRET_ACCESS_KEY", "governance-secret")
+    )
+    s3_region: str = field(default_factory=lambda: _env("S3_REGION", "us-east-1"))
+    s3_bucket: str = field(default_factory=lambda: _env("S3_BUCKET", "governance"))
+    web_host: str = field(default_factory=lambda: _env("WEB_HOST", "127.0.0.1"))
+    web_port: int = field(default_factory=lambda: _env_int("WEB_PORT", 6066))
+    # The URL other workers use to reach this one when they route a status request here;
+    # in k8s it is the pod IP from the downward API.
+    canonical_url: str = field(default_factory=lambda: _env("NODE_CANONICAL_URL", ""))
+    jwt_algorithm: str = field(default_factory=lambda: _env("JWT_ALGORITHM", "HS256"))
+    jwt_secret: str = field(default_factory=lambda: _env("JWT_SECRET", ""))
+    jwt_public_key: str = field(default_factory=lambda: _env("JWT_PUBLIC_KEY", ""))
+    payload_encryption_key: str = field(default_factory=lambda: _env("PAYLOAD_ENCRYPTION_KEY", ""))
+    shutdown_grace_seconds: float = field(default_factory=lambda: _env_float("SHUTDOWN_GRACE_SECONDS", 60.0))
+    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO"))
+
+    @property
+    def node_url(self) -> str:
+        return self.canonical_url or f"http://{self.web_host}:{self.web_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,270 @@
+"""HTTP intake: validate a request, record the job, produce it, answer 202 with where to watch.
+
+A rejected request (401/403, 400 unreadable body, 422 invalid fields, 404 unknown entity)
+produces nothing. A request that names its own `job_id` is idempotent: repeating it answers
+200 with the existing job instead of running it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from faust.web import Request, Response, View
+from pydantic import ValidationError
+
+from app import metrics
+from app.auth import ADMINS, ANY_USER, AuthError, Caller, authenticate
+from app.dispatch import submit
+from app.errors import NotFoundError
+from app.faust_app import faust_app, settings
+from app.resources import resources
+from app.storage import object_key, safe_name
+from models import (
+    DistributePolicyPayload,
+    ExportDataPayload,
+    GenerateAuditPackagePayload,
+    GenerateReportPayload,
+    ImportControlsPayload,
+    JobEnvelope,
+    JobPayload,
+    Role,
+    ScheduleAssessmentPayload,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 256 * 1024
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+ENVELOPE_OPTIONS = ("job_id", "correlation_id", "priority")
+
+
+class BadRequest(Exception):
+    pass
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]}
+        for err in exc.errors()
+    ]
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    raw = await request.content.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise BadRequest(f"request body is larger than {MAX_JSON_BYTES} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+async def require_row(conn: asyncpg.Connection, table: str, entity_id: Any) -> asyncpg.Record:
+    row = await conn.fetchrow(f"SELECT * FROM {table} WHERE id = $1", entity_id)  # table is ours
+    if row is None:
+        raise NotFoundError(f"{table[:-1].replace('_', ' ')} {entity_id} does not exist")
+    return row
+
+
+def envelope_for(payload: JobPayload, caller: Caller, options: dict[str, Any]) -> JobEnvelope:
+    """The caller's envelope options (job_id, correlation_id, priority) are validated with
+    the envelope, so a bad one gets a field-level 422 like any payload field."""
+    return JobEnvelope.model_validate(
+        {
+            "job_type": payload.job_type.value,
+            "payload": payload.model_dump(mode="json"),
+            "requested_by": str(caller.user_id),
+            **options,
+        }
+    )
+
+
+class IntakeView(View):
+    """One POST endpoint: subclasses name who may call it and how to build the job."""
+
+    allowed: frozenset[Role] = ANY_USER
+    endpoint: str = ""
+
+    async def build(
+        self,
+        conn: asyncpg.Connection,
+        caller: Caller,
+        body: dict[str, Any],
+        path: dict[str, str],
+        options: dict[str, Any],
+    ) -> JobEnvelope:
+        raise NotImplementedError
+
+    async def read_body(self, request: Request) -> dict[str, Any]:
+        return await read_json(request)
+
+    async def post(self, request: Request, **path: str) -> Response:
+        status, answer = await self._handle(request, path)
+        metrics.INTAKE_REQUESTS.labels(self.endpoint, str(status)).inc()
+        return self.json(answer, status=status)
+
+    async def _handle(self, request: Request, path: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        try:
+            caller = authenticate(request.headers.get("Authorization"), settings, self.allowed)
+            body = await self.read_body(request)
+            options = {key: body.pop(key) for key in ENVELOPE_OPTIONS if key in body}
+            async with (await resources.pool()).acquire() as conn:
+                envelope = await self.build(conn, caller, body, path, options)
+                created = await submit(conn, envelope)
+        except AuthError as exc:
+            return exc.status, {"error": str(exc)}
+        except BadRequest as exc:
+            return 400, {"error": str(exc)}
+        except ValidationError as exc:
+            return 422, {"error": "the request is invalid", "fields": field_errors(exc)}
+        except NotFoundError as exc:
+            return 404, {"error": str(exc)}
+        job_id = str(envelope.job_id)
+        answer = {
+            "job_id": job_id,
+            "job_type": envelope.job_type.value,
+            "status": "QUEUED" if created else "ALREADY_SUBMITTED",
+            "status_url": f"/jobs/{job_id}",
+        }
+        log.info("job accepted", extra={"job_id": job_id, "endpoint": self.endpoint, "new_job": created})
+        return (202 if created else 200), answer
+
+
+def _uuid(value: str, what: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError as exc:
+        raise NotFoundError(f"{what} {value} does not exist") from exc
+
+
+@faust_app.page("/policies/{policy_id}/publish")
+class PublishPolicy(IntakeView):
+    allowed = ADMINS
+    endpoint = "publish_policy"
+
+    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+        policy = await require_row(conn, "policies", _uuid(path["policy_id"], "policy"))
+        targets = {
+            "policy_version": policy["version"],
+            "target_roles": list(policy["target_roles"]),
+            "target_business_unit_ids": [str(u) for u in policy["target_business_unit_ids"]],
+        }
+        payload = DistributePolicyPayload.model_validate({**targets, **body, "policy_id": str(policy["id"])})
+        return envelope_for(payload, caller, options)
+
+
+@faust_app.page("/reports/generate")
+class GenerateReport(IntakeView):
+    allowed = ANY_USER
+    endpoint = "generate_report"
+
+    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+        payload = GenerateReportPayload.model_validate(body)
+        await require_row(conn, "frameworks", payload.framework_id)
+        envelope = envelope_for(payload, caller, options)
+        await conn.execute(
+            """
+            INSERT INTO reports (id, report_type, format, status, parameters, requested_by, job_id)
+            VALUES ($1, $2, $3, 'QUEUED', $4, $5, $6) ON CONFLICT (id) DO NOTHING
+            """,
+            payload.report_id,
+            payload.report_type.value,
+            payload.format.value,
+            payload.model_dump(mode="json"),
+            caller.user_id,
+            envelope.job_id,
+        )
+        return envelope
+
+
+@faust_app.page("/assessments/schedule")
+class ScheduleAssessment(IntakeView):
+    allowed = ADMINS
+    endpoint = "schedule_assessment"
+
+    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+        payload = ScheduleAssessmentPayload.model_validate(body)
+        await require_row(conn, "frameworks", payload.framework_id)
+        return envelope_for(payload, caller, options)
+
+
+@faust_app.page("/audit/packages/generate")
+class GenerateAuditPackage(IntakeView):
+    allowed = ADMINS
+    endpoint = "generate_audit_package"
+
+    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+        payload = GenerateAuditPackagePayload.model_validate(body)
+        await require_row(conn, "frameworks", payload.framework_id)
+        envelope = envelope_for(payload, caller, options)
+        await conn.execute(
+            """
+            INSERT INTO audit_packages (id, framework_id, status, requested_by, job_id)
+            VALUES ($1, $2, 'QUEUED', $3, $4) ON CONFLICT (id) DO NOTHING
+            """,
+            payload.audit_package_id,
+            payload.framework_id,
+            caller.user_id,
+            envelope.job_id,
+        )
+        return envelope
+
+
+@faust_app.page("/exports")
+class ExportData(IntakeView):
+    allowed = ANY_USER
+    endpoint = "export_data"
+
+    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+        return envelope_for(ExportDataPayload.model_validate(body), caller, options)
+
+
+@faust_app.page("/imports")
+class ImportControls(IntakeView):
+    """JSON naming an object already in the bucket, or multipart with the file itself."""
+
+    allowed = ADMINS
+    endpoint = "import_controls"
+
+    async def read_body(self, request: Request) -> dict[str, Any]:
+        if not request.content_type.startswith("multipart/"):
+            return await read_json(request)
+        if request.content_length and request.content_length > MAX_UPLOAD_BYTES:
+            raise BadRequest(f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
+        body: dict[str, Any] = {}
+        reader = await request.multipart()
+        async for part in reader:
+            if part.name == "file":
+                data = await part.read()
+                if len(data) > MAX_UPLOAD_BYTES:
+                    raise BadRequest(f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
+                body["_upload"] = (safe_name(part.filename or "upload"), bytes(data))
+            elif part.name:
+                text = await part.text()
+                body[part.name] = json.loads(text) if part.name == "column_mapping" else text
+        if "_upload" not in body:
+            raise BadRequest("multipart request needs a 'file' part")
+        return body
+
+    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+        upload = body.pop("_upload", None)
+        storage = await resources.storage()
+        if upload is not None:
+            name, data = upload
+            body["s3_key"] = object_key("imports", f"{caller.user_id}-{name}")
+            payload = ImportControlsPayload.model_validate_strings(body)
+            await storage.put(payload.s3_key, data, "application/octet-stream")
+        else:
+            payload = ImportControlsPayload.model_validate(body)
+            if not await storage.exists(payload.s3_key):
+                raise NotFoundError(f"no object {payload.s3_key} in bucket {storage.bucket}")
+        return envelope_for(payload, caller, options)

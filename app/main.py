@@ -1,0 +1,9 @@
+"""The worker's composition root: importing it registers every agent, table and view."""
+
+from __future__ import annotations
+
+import agents  # noqa: F401  (registers the flow agents)
+from app import intake, ops, status  # noqa: F401  (registers views and the status table)
+from app.faust_app import faust_app
+
+__all__ = ["faust_app"]

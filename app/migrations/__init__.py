@@ -1,0 +1,1 @@
+"""Numbered SQL migrations, applied in order by app.db.migrate (a package so the .sql files ship with it)."""

@@ -1,0 +1,70 @@
+"""Create or check the job layer's topics with explicit partitions, replication and retention.
+
+Topics are provisioned before workers start (FAUST_NOTES: an agent whose topic is missing
+subscribes to nothing until restart). An existing topic with too few partitions is reported,
+not silently grown: adding partitions remaps keys and would split a job's status history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from app.config import Settings
+from models import ALL_TOPICS
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    name: str
+    action: str  # "created", "ok" or "mismatch: ..."
+
+
+def topic_configs(settings: Settings) -> dict[str, str]:
+    return {
+        "retention.ms": str(settings.topic_retention_ms),
+        "min.insync.replicas": str(settings.topic_min_insync_replicas),
+        "cleanup.policy": "delete",
+    }
+
+
+async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> list[TopicReport]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = {meta["topic"]: meta for meta in await admin.describe_topics(list(names))}
+        reports: list[TopicReport] = []
+        missing = []
+        for name in names:
+            meta = existing.get(name)
+            if meta is None or meta.get("error_code"):
+                missing.append(name)
+                continue
+            partitions = len(meta["partitions"])
+            replicas = min((len(p["replicas"]) for p in meta["partitions"]), default=0)
+            problems = []
+            if partitions < settings.topic_partitions:
+                problems.append(f"{partitions} partitions, want {settings.topic_partitions}")
+            if replicas < settings.topic_replication_factor:
+                problems.append(f"replication {replicas}, want {settings.topic_replication_factor}")
+            reports.append(TopicReport(name, "mismatch: " + "; ".join(problems) if problems else "ok"))
+        if missing:
+            new = [
+                NewTopic(
+                    name=name,
+                    num_partitions=settings.topic_partitions,
+                    replication_factor=settings.topic_replication_factor,
+                    topic_configs=topic_configs(settings),
+                )
+                for name in missing
+            ]
+            # Another pod may create them between our describe and create.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+            reports.extend(TopicReport(name, "created") for name in missing)
+        return sorted(reports, key=lambda r: r.name)
+    finally:
+        await admin.close()

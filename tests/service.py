@@ -1,0 +1,122 @@
+"""A running job service for integration tests: migrated database, topics, a demo org, workers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from app.auth import issue_token
+from app.config import get_settings
+from app.db import connect, migrate
+from app.seed import DemoOrg, seed_demo_org
+from app.topics import ensure_topics
+from models import Role
+from tests.workers import WorkerProcess
+
+JWT_SECRET = "integration-test-secret-of-32-bytes-or-more"
+# One consumer group for the whole session, so a module's workers resume where the last stopped.
+APP_ID = f"governance-test-{uuid4().hex[:8]}"
+
+
+@dataclass
+class Service:
+    env: dict[str, str]
+    log_dir: Path
+    org: DemoOrg
+    admin_token: str
+    user_token: str
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.workers[0].url
+
+    async def start_worker(self, name: str, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess({**self.env, **extra_env}, self.log_dir, name).start()
+        self.workers.append(worker)
+        await worker.wait_ready()
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    @asynccontextmanager
+    async def db(self) -> AsyncIterator[asyncpg.Connection]:
+        conn = await connect(self.env["DATABASE_URL"])
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+
+def service_env(stack_env: dict[str, str]) -> dict[str, str]:
+    return {
+        **stack_env,
+        "APP_ID": APP_ID,
+        "JWT_SECRET": JWT_SECRET,
+        "TOPIC_PARTITIONS": "12",
+        # Short group timeouts: workers join and leave in seconds instead of a minute.
+        "BROKER_SESSION_TIMEOUT": "10",
+        "BROKER_HEARTBEAT_INTERVAL": "1",
+        "BROKER_REBALANCE_TIMEOUT": "10",
+        "SHUTDOWN_GRACE_SECONDS": "30",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+async def prepare_service(stack_env: dict[str, str], log_dir: Path) -> Service:
+    env = service_env(stack_env)
+    os.environ.update(env)
+    get_settings.cache_clear()
+    await migrate(env["DATABASE_URL"])
+    await ensure_topics(get_settings())
+    conn = await connect(env["DATABASE_URL"])
+    try:
+        org = await seed_demo_org(conn, users=60)
+    finally:
+        await conn.close()
+    return Service(
+        env=env,
+        log_dir=log_dir,
+        org=org,
+        admin_token=issue_token(JWT_SECRET, org.admin_id, [Role.ADMIN]),
+        user_token=issue_token(JWT_SECRET, org.user_ids[5], [Role.USER]),
+    )
+
+
+async def create_policy(
+    conn: asyncpg.Connection, *, roles: list[str], units: list[UUID], title: str = "Test policy"
+) -> UUID:
+    policy_id = uuid4()
+    await conn.execute(
+        "INSERT INTO policies (id, title, body, target_roles, target_business_unit_ids)"
+        " VALUES ($1, $2, 'Body', $3, $4)",
+        policy_id,
+        title,
+        roles,
+        units,
+    )
+    return policy_id
+
+
+async def counts(conn: asyncpg.Connection, policy_id: UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM policy_assignments WHERE policy_id = $1) AS assignments,
+               (SELECT count(DISTINCT user_id) FROM policy_assignments WHERE policy_id = $1) AS users,
+               (SELECT count(*) FROM delivery_logs WHERE policy_id = $1) AS delivery_logs,
+               (SELECT count(*) FROM notifications WHERE data->>'policy_id' = $1::text) AS notifications,
+               (SELECT count(*) FROM audit_log WHERE entity_id = $1 AND event_type = 'POLICY_DISTRIBUTED')
+                   AS audit_events
+        """,
+        policy_id,
+    )
+    return dict(row)

@@ -1,0 +1,305 @@
+"""End-to-end behaviour of the worker against real Kafka, PostgreSQL and S3."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from uuid import UUID, uuid4
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from app.seed import seed_bulk_users
+from models import DistributePolicyPayload, JobEnvelope
+from tests.service import Service, counts, create_policy, prepare_service
+from tests.workers import api, wait_for_job
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
+    svc = await prepare_service(stack.env, tmp_path_factory.mktemp("workers"))
+    await svc.start_worker("a")
+    try:
+        yield svc
+    finally:
+        svc.stop_all()
+
+
+def distribution_envelope(policy_id: UUID, units: list[UUID], job_id: UUID | None = None) -> JobEnvelope:
+    payload = DistributePolicyPayload(
+        policy_id=policy_id, policy_version=1, target_roles=["EMPLOYEE"], target_business_unit_ids=units
+    )
+    return JobEnvelope.for_payload(payload, job_id=job_id)
+
+
+async def produce_raw(bootstrap: str, topic: str, key: bytes | None, value: bytes) -> None:
+    """A plain aiokafka producer, as an upstream team without our client would use."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def test_job_from_a_plain_kafka_client_is_processed(service: Service) -> None:
+    units = list(service.org.business_unit_ids[:2])
+    async with service.db() as conn:
+        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
+    envelope = distribution_envelope(policy_id, units)
+    await produce_raw(
+        service.env["KAFKA_BOOTSTRAP_SERVERS"],
+        "governance.policy",
+        str(envelope.job_id).encode(),
+        envelope.model_dump_json().encode(),
+    )
+    status = await wait_for_job(service.url, str(envelope.job_id), service.admin_token)
+    expected = len(service.org.targeted_user_ids)
+    assert status["result"]["recipients"] == expected
+    assert status["progress"] == 100
+    # The notification batch is a job of its own; wait until its rows are there.
+    async with service.db() as conn:
+        for _ in range(100):
+            found = await counts(conn, policy_id)
+            if found["notifications"] == expected:
+                break
+            await asyncio.sleep(0.2)
+        stored = await conn.fetchrow("SELECT status, result FROM jobs WHERE id = $1", envelope.job_id)
+        policy_status = await conn.fetchval("SELECT status FROM policies WHERE id = $1", policy_id)
+    assert found == {
+        "assignments": expected,
+        "users": expected,
+        "delivery_logs": expected,
+        "notifications": expected,
+        "audit_events": 1,
+    }
+    assert stored["status"] == "COMPLETED"
+    assert stored["result"]["assignments_created"] == expected
+    assert policy_status == "PUBLISHED"
+
+
+async def test_malformed_messages_are_recorded_and_the_agent_keeps_going(service: Service) -> None:
+    bootstrap = service.env["KAFKA_BOOTSTRAP_SERVERS"]
+    bad_schema_id = uuid4()
+    unknown_type_id = uuid4()
+    garbage = f"this is not json {uuid4()}"
+    await produce_raw(bootstrap, "governance.policy", b"k1", garbage.encode())
+    await produce_raw(
+        bootstrap,
+        "governance.policy",
+        str(bad_schema_id).encode(),
+        json.dumps(
+            {
+                "schema_version": "1",
+                "job_id": str(bad_schema_id),
+                "job_type": "DISTRIBUTE_POLICY",
+                "payload": {"policy_id": "not-a-uuid", "policy_version": 1},
+            }
+        ).encode(),
+    )
+    await produce_raw(
+        bootstrap,
+        "governance.policy",
+        str(unknown_type_id).encode(),
+        json.dumps(
+            {"schema_version": "1", "job_id": str(unknown_type_id), "job_type": "MAKE_COFFEE", "payload": {}}
+        ).encode(),
+    )
+    # A valid job after the bad ones still runs: the agent did not stop.
+    units = [service.org.business_unit_ids[0]]
+    async with service.db() as conn:
+        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
+    good = distribution_envelope(policy_id, units)
+    await produce_raw(
+        bootstrap, "governance.policy", str(good.job_id).encode(), good.model_dump_json().encode()
+    )
+    await wait_for_job(service.url, str(good.job_id), service.admin_token)
+
+    bad_schema = await wait_for_job(service.url, str(bad_schema_id), service.admin_token, ("FAILED",))
+    assert "payload.policy_id" in bad_schema["error"]["message"]
+    unknown = await wait_for_job(service.url, str(unknown_type_id), service.admin_token, ("FAILED",))
+    assert "job_type" in unknown["error"]["message"]
+    async with service.db() as conn:
+        rows = await conn.fetch("SELECT status, error FROM jobs WHERE payload->>'raw_excerpt' = $1", garbage)
+    assert len(rows) == 1 and rows[0]["status"] == "FAILED"
+    assert rows[0]["error"]["type"] == "InvalidJobError"
+
+
+async def test_a_duplicate_job_id_creates_no_duplicate_rows(service: Service) -> None:
+    units = list(service.org.business_unit_ids[1:3])
+    async with service.db() as conn:
+        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
+    envelope = distribution_envelope(policy_id, units)
+    raw = envelope.model_dump_json().encode()
+    bootstrap = service.env["KAFKA_BOOTSTRAP_SERVERS"]
+    await produce_raw(bootstrap, "governance.policy", str(envelope.job_id).encode(), raw)
+    await wait_for_job(service.url, str(envelope.job_id), service.admin_token)
+    await produce_raw(bootstrap, "governance.policy", str(envelope.job_id).encode(), raw)
+    # The duplicate is visible in the metric once the worker has read it.
+    for _ in range(100):
+        _, text = await api("GET", f"{service.url}/metrics")
+        if 'governance_jobs_duplicate_total{queue="policy"}' in text:
+            break
+        await asyncio.sleep(0.2)
+    assert 'governance_jobs_duplicate_total{queue="policy"}' in text
+    async with service.db() as conn:
+        found = await counts(conn, policy_id)
+        attempts = await conn.fetchval("SELECT count(*) FROM job_attempts WHERE job_id = $1", envelope.job_id)
+        jobs = await conn.fetchval("SELECT count(*) FROM jobs WHERE id = $1", envelope.job_id)
+    assert found["assignments"] == found["users"] > 0
+    assert found["audit_events"] == 1
+    assert (jobs, attempts) == (1, 1)
+
+
+async def test_intake_authenticates_validates_and_produces_only_accepted_jobs(service: Service) -> None:
+    policy_id = service.org.policy_id
+    url = f"{service.url}/policies/{policy_id}/publish"
+    async with service.db() as conn:
+        jobs_before = await conn.fetchval("SELECT count(*) FROM jobs")
+
+    assert (await api("POST", url))[0] == 401
+    assert (await api("POST", url, token="not.a.jwt"))[0] == 401
+    assert (await api("POST", url, token=service.user_token))[0] == 403
+    status, body = await api("POST", url, token=service.admin_token, json={"channels": ["PIGEON"]})
+    assert status == 422
+    assert body["fields"][0]["field"] == "channels.0"
+    status, body = await api("POST", url, token=service.admin_token, data=b"{not json")
+    assert status == 400
+    status, body = await api("POST", f"{service.url}/policies/{uuid4()}/publish", token=service.admin_token)
+    assert status == 404
+    status, body = await api("POST", url, token=service.admin_token, json={"job_id": "nope"})
+    assert status == 422 and body["fields"][0]["field"] == "job_id"
+    async with service.db() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM jobs") == jobs_before
+
+    job_id = str(uuid4())
+    status, body = await api("POST", url, token=service.admin_token, json={"job_id": job_id})
+    assert status == 202, body
+    assert body["job_id"] == job_id and body["status_url"] == f"/jobs/{job_id}"
+    done = await wait_for_job(service.url, job_id, service.admin_token)
+    assert done["result"]["recipients"] == len(service.org.targeted_user_ids)
+    assert done["requested_by"] == str(service.org.admin_id)
+    # The same job id again is answered, not run again.
+    status, body = await api("POST", url, token=service.admin_token, json={"job_id": job_id})
+    assert (status, body["status"]) == (200, "ALREADY_SUBMITTED")
+
+    status, body = await api(
+        "GET",
+        f"{service.url}/jobs?type=DISTRIBUTE_POLICY&status=COMPLETED&limit=500",
+        token=service.user_token,
+    )
+    assert status == 200
+    assert job_id in {job["job_id"] for job in body["jobs"]}
+    assert all(job["state"] == "COMPLETED" for job in body["jobs"])
+
+
+async def test_status_is_answered_by_a_worker_that_does_not_own_the_job(service: Service) -> None:
+    second = await service.start_worker("b")
+    try:
+        # Wait until both workers hold partitions, then find a job owned by each.
+        for _ in range(120):
+            status_a, _ = await api("GET", f"{service.workers[0].url}/ready")
+            status_b, _ = await api("GET", f"{second.url}/ready")
+            if status_a == status_b == 200:
+                break
+            await asyncio.sleep(0.5)
+        units = [service.org.business_unit_ids[2]]
+        async with service.db() as conn:
+            policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
+        bootstrap = service.env["KAFKA_BOOTSTRAP_SERVERS"]
+        envelopes = [distribution_envelope(policy_id, units) for _ in range(8)]
+        for envelope in envelopes:
+            await produce_raw(
+                bootstrap,
+                "governance.policy",
+                str(envelope.job_id).encode(),
+                envelope.model_dump_json().encode(),
+            )
+        for envelope in envelopes:
+            for worker in (service.workers[0], second):
+                answer = await wait_for_job(worker.url, str(envelope.job_id), service.admin_token)
+                assert answer["source"] == "live"
+                assert answer["job_id"] == str(envelope.job_id)
+        # With 12 partitions over two workers, some of the 8 jobs live on each: every answer
+        # above from the non-owner was routed.
+        routed = await _owners(service, [str(e.job_id) for e in envelopes])
+        assert len(set(routed.values())) == 2, routed
+    finally:
+        second.stop()
+        service.workers.remove(second)
+
+
+async def _owners(service: Service, job_ids: list[str]) -> dict[str, str]:
+    """Which worker owns each job's partition, as Faust's router reports it."""
+    owners: dict[str, str] = {}
+    for job_id in job_ids:
+        status, answer = await api("GET", f"{service.workers[0].url}/router/job-status/{job_id}/")
+        assert status == 200
+        owners[job_id] = str(answer)
+    return owners
+
+
+async def test_sigterm_lets_a_running_job_finish(service: Service) -> None:
+    async with service.db() as conn:
+        unit = await conn.fetchval(
+            "INSERT INTO business_units (name) VALUES ($1) RETURNING id", f"Load {uuid4().hex[:6]}"
+        )
+        await seed_bulk_users(conn, 40_000, unit, ["USER", "EMPLOYEE"])
+        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=[unit])
+    envelope = distribution_envelope(policy_id, [unit])
+    worker = service.workers[0]
+    await produce_raw(
+        service.env["KAFKA_BOOTSTRAP_SERVERS"],
+        "governance.policy",
+        str(envelope.job_id).encode(),
+        envelope.model_dump_json().encode(),
+    )
+    await wait_for_job(worker.url, str(envelope.job_id), service.admin_token, ("ACTIVE",))
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit(timeout=60) == 0
+    async with service.db() as conn:
+        stored = await conn.fetchrow("SELECT status, result FROM jobs WHERE id = $1", envelope.job_id)
+        assigned = await conn.fetchval(
+            "SELECT count(*) FROM policy_assignments WHERE policy_id = $1", policy_id
+        )
+    assert stored["status"] == "COMPLETED"
+    assert assigned == stored["result"]["recipients"] == 40_000
+    service.workers.remove(worker)
+    await service.start_worker("a2")
+
+
+async def test_health_ready_and_metrics_answer(service: Service) -> None:
+    status, body = await api("GET", f"{service.url}/health")
+    assert (status, body["status"]) == (200, "ok")
+    status, body = await api("GET", f"{service.url}/ready")
+    assert status == 200 and body["checks"] == {
+        "kafka": "ok",
+        "database": "ok",
+        "storage": "ok",
+        "partitions": "ok",
+    }
+    status, text = await api("GET", f"{service.url}/metrics")
+    assert status == 200
+    assert "# TYPE governance_job_duration_seconds histogram" in text
+    assert 'governance_jobs_waiting{queue="policy"}' in text
+
+
+async def test_job_events_carry_the_job_id_key(service: Service) -> None:
+    """Status events are keyed by job id, so the table and the router agree on the partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=service.env["KAFKA_BOOTSTRAP_SERVERS"])
+    await consumer.start()
+    try:
+        tps = [TopicPartition("governance.job-events", p) for p in range(12)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        batch = await consumer.getmany(timeout_ms=5000, max_records=50)
+        records = [r for recs in batch.values() for r in recs]
+    finally:
+        await consumer.stop()
+    assert records
+    for record in records:
+        assert record.key == json.loads(record.value)["job_id"].encode()
