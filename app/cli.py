@@ -74,7 +74,7 @@ def cmd_schema(args: argparse.Namespace) -> None:
 def cmd_dev(args: argparse.Namespace) -> None:
     from app.devstack.embedded import run_embedded
 
-    run_embedded(Path(args.workdir), catalog=args.catalog)
+    run_embedded(Path(args.workdir))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,7 +99,6 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("schema", help="regenerate JSON Schema and AsyncAPI files").set_defaults(func=cmd_schema)
     dev = sub.add_parser("dev", help="embedded stack + worker + demo, until Ctrl-C")
     dev.add_argument("--workdir", default=os.environ.get("DEV_WORKDIR", "var/dev"))
-    dev.add_argument("--catalog", help="an OSCAL catalog to import (later versions)")
     dev.set_defaults(func=cmd_dev)
     args = parser.parse_args(argv)
     args.func(args)

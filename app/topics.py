@@ -35,22 +35,10 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15000)
     await admin.start()
     try:
-        existing = {meta["topic"]: meta for meta in await admin.describe_topics(list(names))}
-        reports: list[TopicReport] = []
-        missing = []
-        for name in names:
-            meta = existing.get(name)
-            if meta is None or meta.get("error_code"):
-                missing.append(name)
-                continue
-            partitions = len(meta["partitions"])
-            replicas = min((len(p["replicas"]) for p in meta["partitions"]), default=0)
-            problems = []
-            if partitions < settings.topic_partitions:
-                problems.append(f"{partitions} partitions, want {settings.topic_partitions}")
-            if replicas < settings.topic_replication_factor:
-                problems.append(f"replication {replicas}, want {settings.topic_replication_factor}")
-            reports.append(TopicReport(name, "mismatch: " + "; ".join(problems) if problems else "ok"))
+        # list_topics, unlike a metadata request naming a topic, never auto-creates one.
+        present = set(await admin.list_topics())
+        missing = [name for name in names if name not in present]
+        reports: list[TopicReport] = [TopicReport(name, "created") for name in missing]
         if missing:
             new = [
                 NewTopic(
@@ -61,10 +49,20 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS)
                 )
                 for name in missing
             ]
-            # Another pod may create them between our describe and create.
+            # Another pod may create them between our listing and create.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            reports.extend(TopicReport(name, "created") for name in missing)
+        existing = [name for name in names if name in present]
+        for meta in await admin.describe_topics(existing) if existing else []:
+            partitions = len(meta["partitions"])
+            replicas = min((len(p["replicas"]) for p in meta["partitions"]), default=0)
+            problems = []
+            if partitions < settings.topic_partitions:
+                problems.append(f"{partitions} partitions, want {settings.topic_partitions}")
+            if replicas < settings.topic_replication_factor:
+                problems.append(f"replication {replicas}, want {settings.topic_replication_factor}")
+            action = "mismatch: " + "; ".join(problems) if problems else "ok"
+            reports.append(TopicReport(meta["topic"], action))
         return sorted(reports, key=lambda r: r.name)
     finally:
         await admin.close()

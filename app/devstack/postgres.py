@@ -99,7 +99,9 @@ class PostgresCluster:
 
 
 def _run(cmd: list[str], what: str, *, log: Path | None = None, cwd: Path | None = None) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, cwd=cwd)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, check=False, cwd=cwd, start_new_session=True
+    )
     if result.returncode != 0:
         server_log = f"\n--- server log ---\n{log_tail(log)}" if log else ""
         raise DevstackError(
