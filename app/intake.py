@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import unquote
 from uuid import UUID
 
 import asyncpg
@@ -247,7 +248,7 @@ class ImportControls(IntakeView):
                 data = await part.read()
                 if len(data) > MAX_UPLOAD_BYTES:
                     raise BadRequest(f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
-                body["_upload"] = (safe_name(part.filename or "upload"), bytes(data))
+                body["_upload"] = (safe_name(unquote(part.filename or "upload")), bytes(data))
             elif part.name:
                 text = await part.text()
                 body[part.name] = json.loads(text) if part.name == "column_mapping" else text

@@ -56,6 +56,8 @@ async def _kafka() -> None:
 
 
 async def _partitions() -> None:
+    if faust_app.rebalancing or getattr(faust_app, "in_recovery", False):
+        raise RuntimeError("rebalancing: partitions are being reassigned or recovered")
     if not faust_app.consumer.assignment():
         raise RuntimeError("no partitions assigned yet")
 

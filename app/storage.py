@@ -79,6 +79,7 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
                 region_name=settings.s3_region,
                 config=AioConfig(
                     s3={"addressing_style": "path"},
+                    signature_version="s3v4",
                     connect_timeout=5,
                     read_timeout=60,
                     retries={"max_attempts": 3},

@@ -1,0 +1,101 @@
+"""Pure logic: redaction, tokens, object keys. No infrastructure."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from uuid import uuid4
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from app.auth import ADMINS, ANY_USER, AuthError, authenticate, issue_token
+from app.config import Settings
+from app.logs import REDACTED, JsonFormatter, redact
+from app.storage import object_key, safe_name
+from models import Role
+
+SECRET = "unit-test-secret-that-is-long-enough-for-hs256"
+
+
+def test_redaction_masks_sensitive_keys_at_any_depth() -> None:
+    payload = {
+        "integration": {"credentials": {"user": "svc"}, "apiKey": "k-123", "name": "Qualys"},
+        "items": [{"password": "hunter2"}, {"client_secret": "s"}, {"note": "fine"}],
+        "Authorization": "Bearer abc.def.ghi",
+        "dsn": "postgresql://app:pa55word@db:5432/x",
+        "message": "calling with Bearer abc.def.ghi",
+    }
+    cleaned = redact(payload)
+    text = json.dumps(cleaned)
+    for secret in ("k-123", "hunter2", "pa55word", "abc.def.ghi", '"s"'):
+        assert secret not in text
+    assert cleaned["integration"]["credentials"] == REDACTED
+    assert cleaned["items"][2] == {"note": "fine"}
+    assert cleaned["integration"]["name"] == "Qualys"
+
+
+def test_json_log_lines_are_redacted() -> None:
+    record = logging.makeLogRecord(
+        {"msg": "job failed", "levelname": "WARNING", "name": "t", "error": {"token": "t0k3n"}}
+    )
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "job failed" and line["error"]["token"] == REDACTED
+
+
+def settings(**overrides: str) -> Settings:
+    return Settings(**{"jwt_secret": SECRET, **overrides})  # type: ignore[arg-type]
+
+
+def test_tokens_carry_user_and_roles() -> None:
+    user = uuid4()
+    caller = authenticate(f"Bearer {issue_token(SECRET, user, [Role.ADMIN])}", settings(), ADMINS)
+    assert caller.user_id == user and caller.roles == {Role.ADMIN}
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (None, 401),
+        ("Basic dXNlcjpwYXNz", 401),
+        ("Bearer not-a-token", 401),
+        (f"Bearer {issue_token('another-secret-that-is-long-enough-too', uuid4(), [Role.ADMIN])}", 401),
+        (f"Bearer {issue_token(SECRET, uuid4(), [Role.ADMIN], ttl=timedelta(seconds=-1))}", 401),
+        (f"Bearer {issue_token(SECRET, uuid4(), [Role.USER])}", 403),
+    ],
+)
+def test_bad_or_insufficient_tokens_are_refused(header: str | None, status: int) -> None:
+    with pytest.raises(AuthError) as refused:
+        authenticate(header, settings(), ADMINS)
+    assert refused.value.status == status
+
+
+def test_rs256_tokens_verify_with_the_public_key() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    user = uuid4()
+    token = jwt.encode({"sub": str(user), "roles": ["USER"], "exp": 4102444800}, key, algorithm="RS256")
+    rs = settings(jwt_algorithm="RS256", jwt_public_key=public_pem, jwt_secret="")
+    assert authenticate(f"Bearer {token}", rs, ANY_USER).user_id == user
+    # An HS256 token signed with the public key as secret (algorithm confusion) is refused.
+    forged = jwt.encode(
+        {"sub": str(user), "roles": ["ADMIN"], "exp": 4102444800}, "x" * 40, algorithm="HS256"
+    )
+    with pytest.raises(AuthError):
+        authenticate(f"Bearer {forged}", rs, ANY_USER)
+
+
+def test_object_keys_are_laid_out_by_kind_and_date_with_safe_names() -> None:
+    from datetime import UTC, datetime
+
+    key = object_key("reports", "../../etc/passwd", datetime(2026, 12, 3, tzinfo=UTC))
+    assert key == "reports/2026/12/03/passwd"
+    assert safe_name("Q3 report (final).pdf") == "Q3_report_final_.pdf"
+    assert safe_name("..") == "file"
