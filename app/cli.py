@@ -77,6 +77,51 @@ def cmd_dev(args: argparse.Namespace) -> None:
     run_embedded(Path(args.workdir))
 
 
+def cmd_dlq(args: argparse.Namespace) -> None:
+    """Dead-letter management straight against PostgreSQL and Kafka (no worker needed)."""
+    from datetime import timedelta
+
+    from app import deadletters, jobstore
+    from app.db import connect
+    from app.producer import JobProducer
+    from models import Flow, JobEnvelope
+
+    async def run() -> object:
+        queue = Flow(args.queue)
+        conn = await connect(get_settings().database_url)
+        try:
+            if args.action == "list":
+                older = timedelta(hours=args.older_than_hours) if args.older_than_hours else None
+                return await deadletters.list_letters(
+                    conn,
+                    queue,
+                    job_type=args.job_type,
+                    older_than=older,
+                    limit=args.limit,
+                    offset=args.offset,
+                )
+            if args.action == "show":
+                return await deadletters.show(conn, queue, UUID(args.id)) or {"error": "not found"}
+            if args.action == "purge":
+                return {"purged": await deadletters.purge(conn, queue, args.older_than_days, None)}
+            async with JobProducer() as producer:
+
+                async def submit(conn: object, envelope: JobEnvelope) -> bool:
+                    if await jobstore.record_queued(conn, envelope):  # type: ignore[arg-type]
+                        await producer.send_envelope(envelope)
+                        return True
+                    return False
+
+                if args.action == "retry":
+                    replayed = await deadletters.replay(conn, queue, UUID(args.id), None, submit)
+                    return {"job_id": str(replayed.job_id), "submitted": replayed.submitted}
+                return await deadletters.replay_all(conn, queue, None, submit, limit=args.limit)
+        finally:
+            await conn.close()
+
+    print(json.dumps(asyncio.run(run()), indent=2, default=str))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="governance", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +141,25 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--user", required=True)
     token.add_argument("--roles", nargs="+", default=["ADMIN"])
     token.set_defaults(func=cmd_token)
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, retry, retry-all, purge")
+    dlq_actions = dlq.add_subparsers(dest="action", required=True)
+    listing = dlq_actions.add_parser("list")
+    listing.add_argument("queue")
+    listing.add_argument("--job-type")
+    listing.add_argument("--older-than-hours", type=float)
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--offset", type=int, default=0)
+    for action in ("show", "retry"):
+        one = dlq_actions.add_parser(action)
+        one.add_argument("queue")
+        one.add_argument("id")
+    retry_all = dlq_actions.add_parser("retry-all")
+    retry_all.add_argument("queue")
+    retry_all.add_argument("--limit", type=int, default=100)
+    purge = dlq_actions.add_parser("purge")
+    purge.add_argument("queue")
+    purge.add_argument("--older-than-days", type=float, required=True)
+    dlq.set_defaults(func=cmd_dlq)
     sub.add_parser("schema", help="regenerate JSON Schema and AsyncAPI files").set_defaults(func=cmd_schema)
     dev = sub.add_parser("dev", help="embedded stack + worker + demo, until Ctrl-C")
     dev.add_argument("--workdir", default=os.environ.get("DEV_WORKDIR", "var/dev"))

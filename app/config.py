@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from uuid import UUID
 
 
 def _env(name: str, default: str) -> str:
@@ -66,6 +67,10 @@ class Settings:
     jwt_public_key: str = field(default_factory=lambda: _env("JWT_PUBLIC_KEY", ""))
     payload_encryption_key: str = field(default_factory=lambda: _env("PAYLOAD_ENCRYPTION_KEY", ""))
     shutdown_grace_seconds: float = field(default_factory=lambda: _env_float("SHUTDOWN_GRACE_SECONDS", 60.0))
+    # People told (in-app JOB_FAILED) when a job goes to a dead-letter topic.
+    oncall_user_ids: tuple[UUID, ...] = field(
+        default_factory=lambda: tuple(UUID(u) for u in _env("ONCALL_USER_IDS", "").split(",") if u.strip())
+    )
     log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO"))
 
     @property

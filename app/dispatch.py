@@ -15,12 +15,17 @@ from models import JobEnvelope, JobEvent, JobState
 from models.wire import envelope_record
 
 
-async def produce(envelope: JobEnvelope) -> None:
-    """Send the envelope to its flow's topic and wait for the broker's ack."""
-    record = envelope_record(envelope)
-    topic = faust_app.topic(record.topic, key_serializer="raw", value_serializer="raw")
-    delivery = await topic.send(key=record.key, value=record.value, headers=list(record.headers))
+async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    """Produce one record and wait for the broker's ack (acks=all)."""
+    channel = faust_app.topic(topic, key_serializer="raw", value_serializer="raw")
+    delivery = await channel.send(key=key, value=value, headers=headers)
     await delivery
+
+
+async def produce(envelope: JobEnvelope) -> None:
+    """Send the envelope to its flow's topic."""
+    record = envelope_record(envelope)
+    await send(record.topic, record.key, record.value, list(record.headers))
 
 
 async def submit(conn: asyncpg.Connection, envelope: JobEnvelope) -> bool:

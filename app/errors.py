@@ -29,3 +29,15 @@ class NotFoundError(NonRetryableError):
 
 class UnsupportedJobError(NonRetryableError):
     """No handler for this job type runs on this worker version."""
+
+
+class RateLimitedError(JobError):
+    """The remote side asked us to slow down; retry after `retry_after` seconds.
+
+    A rate-limited retry does not use up an attempt (up to a cap), because nothing about the
+    job itself failed.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

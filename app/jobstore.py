@@ -41,7 +41,8 @@ async def record_queued(conn: asyncpg.Connection, envelope: JobEnvelope) -> bool
 
 
 async def claim(conn: asyncpg.Connection, envelope: JobEnvelope, worker: str) -> bool:
-    """Mark the job ACTIVE for this attempt; False when it already finished (a duplicate)."""
+    """Mark the job ACTIVE for this attempt; False when it already finished or a later attempt
+    has started (a duplicate or stale delivery)."""
     async with conn.transaction():
         row = await conn.fetchrow(
             """
@@ -50,7 +51,7 @@ async def claim(conn: asyncpg.Connection, envelope: JobEnvelope, worker: str) ->
             VALUES ($1, $2, $3, 'ACTIVE', $4, $5, $6, $7, $8, $9, now())
             ON CONFLICT (id) DO UPDATE
                SET status = 'ACTIVE', attempt = EXCLUDED.attempt, updated_at = now()
-             WHERE jobs.status <> ALL($10::text[])
+             WHERE jobs.status <> ALL($10::text[]) AND jobs.attempt <= EXCLUDED.attempt
             RETURNING id
             """,
             envelope.job_id,
@@ -120,13 +121,13 @@ async def finish(
 async def record_rejected(
     conn: asyncpg.Connection, job_id: UUID, job_type: str, flow: str, raw: bytes, error: dict[str, Any]
 ) -> None:
-    """Keep a message that could not be read as a FAILED job, so the sender can find out why."""
+    """Keep a message that could not be read as a DEAD job, so the sender can find out why."""
     excerpt = raw[:2048].decode("utf-8", errors="replace")
     await conn.execute(
         """
         INSERT INTO jobs (id, job_type, flow, status, attempt, max_attempts, payload, error,
                           created_at, updated_at, finished_at)
-        VALUES ($1, $2, $3, 'FAILED', 1, 1, $4, $5, now(), now(), now())
+        VALUES ($1, $2, $3, 'DEAD', 1, 1, $4, $5, now(), now(), now())
         ON CONFLICT (id) DO NOTHING
         """,
         job_id,

@@ -45,3 +45,21 @@ INTAKE_REQUESTS = Counter(
     ["endpoint", "status"],
     registry=REGISTRY,
 )
+RETRIES = Counter(
+    "governance_job_retries_total",
+    "Jobs republished to a retry tier",
+    ["queue", "tier"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "governance_dead_letters_total",
+    "Jobs and unreadable messages sent to a dead-letter topic",
+    ["queue", "error_type"],
+    registry=REGISTRY,
+)
+DLQ_UNRESOLVED = Gauge(
+    "governance_queue_dlq_jobs_total",
+    "Dead letters not yet retried or purged (from PostgreSQL at scrape time)",
+    ["queue"],
+    registry=REGISTRY,
+)

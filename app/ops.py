@@ -9,7 +9,7 @@ from typing import Any
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from app import metrics
+from app import deadletters, metrics
 from app.faust_app import faust_app
 from app.resources import resources
 from models import Flow
@@ -98,11 +98,19 @@ def refresh_lag() -> None:
         metrics.JOBS_WAITING.labels(queue).set(count)
 
 
+async def refresh_dead_letters() -> None:
+    async with (await resources.pool()).acquire() as conn:
+        counts = await deadletters.unresolved_counts(conn)
+    for flow in Flow:
+        metrics.DLQ_UNRESOLVED.labels(flow.value).set(counts.get(flow.value, 0))
+
+
 @faust_app.page("/metrics")
 class Metrics(View):
     async def get(self, request: Request) -> Response:
         try:
             refresh_lag()
+            await asyncio.wait_for(refresh_dead_letters(), CHECK_TIMEOUT)
         except Exception:
-            log.exception("consumer lag not available")
+            log.exception("lag or dead-letter gauges not available")
         return self.bytes(generate_latest(metrics.REGISTRY), content_type="text/plain; version=0.0.4")

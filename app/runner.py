@@ -1,4 +1,4 @@
-"""How every flow consumes its topic: read, claim, run, record, and only then acknowledge.
+"""How every flow consumes its topics: read, claim, run, record, and only then acknowledge.
 
 Faust acks an event whose handler raised and, with agent concurrency > 1, can commit past an
 event still running (FAUST_NOTES §1). So each flow has one actor that takes up to
@@ -6,6 +6,11 @@ event still running (FAUST_NOTES §1). So each flow has one actor that takes up 
 every job in it has finished and its outcome is recorded. A worker killed mid-batch has
 committed none of the batch, and redelivered jobs that already finished are skipped by their
 job id. No exception ever leaves the loop.
+
+A failed job goes, by its error class, to the retry tier of its next delay (retryable), to the
+dead-letter topic (not retryable, or out of attempts), or back to a retry tier without using
+an attempt (rate limited). Each retry tier has a consumer that holds a message until it is
+due and then runs it here again (see app.retry).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -26,18 +32,83 @@ import asyncpg
 from pydantic import BaseModel, ValidationError
 
 from app import jobstore, metrics
-from app.dispatch import submit
-from app.errors import InvalidJobError, JobError, UnsupportedJobError
+from app.config import get_settings
+from app.dispatch import send, submit
+from app.errors import InvalidJobError, JobError, RateLimitedError, UnsupportedJobError
 from app.faust_app import faust_app, settings
 from app.logs import redact
+from app.ops import Lifecycle
 from app.resources import resources
+from app.retry import (
+    MAX_RATE_LIMIT_DEFERRALS,
+    dead_letter_topic,
+    retry_topic,
+    schedule_for,
+    tier_label,
+)
 from app.status import publish_event
-from models import Flow, JobEnvelope, JobEvent, JobState, JobType
+from models import (
+    Channel,
+    Flow,
+    JobEnvelope,
+    JobEvent,
+    JobState,
+    JobType,
+    NotificationEventType,
+    SendNotificationPayload,
+)
+from models.wire import decode_headers, envelope_record
 
 log = logging.getLogger(__name__)
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+# Envelopes are bounded far below this (lists are capped); anything larger is not a job of ours.
+MAX_MESSAGE_BYTES = 512 * 1024
 _REJECTED_NAMESPACE = UUID("5b0f6c1e-3d7a-4f55-9a51-6f2f4f3f9b11")
+
+# Headers a retry or dead letter carries besides the envelope's own.
+H_ORIGINAL_TOPIC = "original-topic"
+H_ORIGINAL_PARTITION = "original-partition"
+H_ORIGINAL_OFFSET = "original-offset"
+H_RETRY_REASON = "retry-reason"
+H_ERROR_TYPE = "error-type"
+H_DEFERRALS = "rate-limit-deferrals"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where a job first arrived, and how often a rate limit has deferred it since."""
+
+    topic: str
+    partition: int
+    offset: int
+    deferrals: int = 0
+
+    @classmethod
+    def of(cls, message: Any) -> Delivery:
+        headers = decode_headers(_header_items(message.headers))
+        if H_ORIGINAL_TOPIC in headers:
+            return cls(
+                headers[H_ORIGINAL_TOPIC],
+                int(headers.get(H_ORIGINAL_PARTITION, -1)),
+                int(headers.get(H_ORIGINAL_OFFSET, -1)),
+                int(headers.get(H_DEFERRALS, 0)),
+            )
+        return cls(message.topic, message.partition, message.offset)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            (H_ORIGINAL_TOPIC, self.topic.encode()),
+            (H_ORIGINAL_PARTITION, str(self.partition).encode()),
+            (H_ORIGINAL_OFFSET, str(self.offset).encode()),
+            (H_DEFERRALS, str(self.deferrals).encode()),
+        ]
+
+
+def _header_items(headers: Any) -> list[tuple[str, bytes]]:
+    if not headers:
+        return []
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
 
 
 class JobContext:
@@ -84,32 +155,75 @@ class FlowSpec:
 
 
 def register_flow(spec: FlowSpec) -> None:
-    """Declare the flow's topic and the agent that consumes it."""
-    topic = faust_app.topic(
-        spec.flow.topic,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.topic_partitions,
-    )
+    """Declare the flow's topic, its retry tiers and the agents that consume them."""
+
+    def declare(name: str) -> Any:
+        return faust_app.topic(
+            name, key_serializer="raw", value_serializer="raw", partitions=settings.topic_partitions
+        )
 
     async def consume(stream: Any) -> None:
         async for batch in stream.take_events(spec.concurrency, within=0.05):
             await asyncio.gather(*(run_message(spec, event) for event in batch))
 
-    consume.__name__ = f"consume_{spec.flow.name.lower()}"
-    faust_app.agent(topic, name=f"flow-{spec.flow.value}", concurrency=1)(consume)
+    def retry_consumer() -> Callable[[Any], Awaitable[None]]:
+        async def consume_retries(stream: Any) -> None:
+            async for batch in stream.take_events(spec.concurrency, within=0.05):
+                await asyncio.gather(*(run_retry(spec, event) for event in batch))
+
+        return consume_retries
+
+    faust_app.agent(declare(spec.flow.topic), name=f"flow-{spec.flow.value}", concurrency=1)(consume)
+    # One agent per tier: a batch then holds messages of one delay, due at about the same time,
+    # so a message never waits behind a batch due later than itself.
+    for tier in schedule_for(spec.flow).tiers:
+        name = f"retry-{spec.flow.value}-{tier_label(tier)}"
+        faust_app.agent(declare(retry_topic(spec.flow, tier)), name=name, concurrency=1)(retry_consumer())
 
 
 async def run_message(spec: FlowSpec, event: Any) -> None:
     """Everything that happens to one message; it returns only once the outcome is durable."""
+    delivery = Delivery.of(event.message)
     try:
         envelope = parse_envelope(event.value, spec.flow)
     except InvalidJobError as exc:
-        await reject_message(spec.flow, event.message, event.value, exc)
+        await reject_message(spec.flow, delivery, event.value, exc)
         return
+    await run_until_recorded(spec, envelope, delivery)
+
+
+async def run_retry(spec: FlowSpec, event: Any) -> None:
+    """Hold a retry until it is due, then run it; hand it back to its tier if we must stop."""
+    delivery = Delivery.of(event.message)
+    try:
+        envelope = parse_envelope(event.value, spec.flow)
+    except InvalidJobError as exc:
+        await reject_message(spec.flow, delivery, event.value, exc)
+        return
+    if not await wait_until_due(envelope.not_before):
+        # Rebalance or shutdown: waiting would hold up the group, so put the message back on
+        # its tier (same bytes, same due time) before this copy is acknowledged.
+        await send(event.message.topic, event.message.key, event.value, _header_items(event.message.headers))
+        return
+    await run_until_recorded(spec, envelope, delivery)
+
+
+async def wait_until_due(not_before: datetime | None) -> bool:
+    """Sleep until `not_before` in short steps; False if the worker starts rebalancing or stopping."""
+    while not_before is not None:
+        remaining = (not_before - datetime.now(UTC)).total_seconds()
+        if remaining <= 0:
+            break
+        if faust_app.rebalancing or Lifecycle.stopping:
+            return False
+        await asyncio.sleep(min(remaining, 0.2))
+    return True
+
+
+async def run_until_recorded(spec: FlowSpec, envelope: JobEnvelope, delivery: Delivery) -> None:
     while True:
         try:
-            await run_job(spec, envelope)
+            await run_job(spec, envelope, delivery)
             return
         except Exception:
             # Recording the outcome failed (database or broker down). Leaving would ack the
@@ -121,6 +235,8 @@ async def run_message(spec: FlowSpec, event: Any) -> None:
 def parse_envelope(raw: bytes | None, flow: Flow) -> JobEnvelope:
     if raw is None:
         raise InvalidJobError("empty message")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidJobError(f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     try:
         envelope = JobEnvelope.model_validate_json(raw)
     except ValidationError as exc:
@@ -131,7 +247,7 @@ def parse_envelope(raw: bytes | None, flow: Flow) -> JobEnvelope:
     return envelope
 
 
-async def run_job(spec: FlowSpec, envelope: JobEnvelope) -> None:
+async def run_job(spec: FlowSpec, envelope: JobEnvelope, delivery: Delivery) -> None:
     queue = spec.flow.value
     job_type = envelope.job_type.value
     pool = await resources.pool()
@@ -153,10 +269,8 @@ async def run_job(spec: FlowSpec, envelope: JobEnvelope) -> None:
         async with asyncio.timeout(spec.timeout_seconds):
             outcome = await handler(ctx)
     except Exception as exc:
-        error = describe_error(exc)
-        metrics.JOBS_FAILED.labels(queue, job_type, error["type"]).inc()
-        log.warning("job failed", extra={"job_id": str(envelope.job_id), "error": error})
-        await record_outcome(ctx, JobState.FAILED, error=error)
+        metrics.JOBS_FAILED.labels(queue, job_type, type(exc).__name__).inc()
+        await handle_failure(spec, ctx, exc, delivery)
     else:
         result = outcome.model_dump(mode="json") if isinstance(outcome, BaseModel) else outcome
         metrics.JOBS_COMPLETED.labels(queue, job_type).inc()
@@ -165,6 +279,99 @@ async def run_job(spec: FlowSpec, envelope: JobEnvelope) -> None:
     finally:
         metrics.JOBS_ACTIVE.labels(queue).dec()
         metrics.JOB_DURATION.labels(queue, job_type).observe(time.monotonic() - started)
+
+
+async def handle_failure(spec: FlowSpec, ctx: JobContext, exc: Exception, delivery: Delivery) -> None:
+    """Route a failed attempt: rate-limited and retryable errors to a retry tier, the rest to the DLQ."""
+    envelope, error = ctx.envelope, describe_error(exc)
+    schedule = schedule_for(spec.flow)
+    max_attempts = min(envelope.max_attempts, schedule.max_attempts)
+    if isinstance(exc, RateLimitedError) and delivery.deferrals < MAX_RATE_LIMIT_DEFERRALS:
+        delay = min(max(exc.retry_after, 0.0), schedule.tiers[-1])
+        retry = envelope.model_copy(update={"not_before": datetime.now(UTC) + timedelta(seconds=delay)})
+        deferred = Delivery(delivery.topic, delivery.partition, delivery.offset, delivery.deferrals + 1)
+        await schedule_retry(spec.flow, retry, delay, deferred, error, "rate limited")
+    elif error["retryable"] and envelope.attempt < max_attempts:
+        delay = schedule.delay_after(envelope.attempt)
+        retry = envelope.next_attempt(not_before=datetime.now(UTC) + timedelta(seconds=delay))
+        await schedule_retry(spec.flow, retry, delay, delivery, error, "failed")
+    else:
+        await dead_letter(spec.flow, ctx, error, delivery)
+        return
+    log.warning(
+        "job will be retried",
+        extra={"job_id": str(envelope.job_id), "error": error, "not_before": str(retry.not_before)},
+    )
+    await record_outcome(ctx, JobState.RETRYING, error=error)
+
+
+async def schedule_retry(
+    flow: Flow, retry: JobEnvelope, delay: float, delivery: Delivery, error: dict[str, Any], reason: str
+) -> None:
+    tier = schedule_for(flow).tier_for(delay)
+    record = envelope_record(retry)
+    headers = [
+        *record.headers,
+        *delivery.headers(),
+        (H_RETRY_REASON, reason.encode()),
+        (H_ERROR_TYPE, error["type"].encode()),
+    ]
+    await send(retry_topic(flow, tier), record.key, record.value, headers)
+    metrics.RETRIES.labels(flow.value, tier_label(tier)).inc()
+
+
+async def dead_letter(flow: Flow, ctx: JobContext, error: dict[str, Any], delivery: Delivery) -> None:
+    envelope = ctx.envelope
+    log.error("job is dead", extra={"job_id": str(envelope.job_id), "error": error})
+    await send_dead_letter(flow, delivery, envelope.model_dump(mode="json"), None, error, envelope.attempt)
+    await record_outcome(ctx, JobState.DEAD, error=error)
+    if envelope.job_type is not JobType.SEND_NOTIFICATION or (
+        envelope.payload.event_type is not NotificationEventType.JOB_FAILED
+    ):
+        await notify_on_call(envelope, error)
+
+
+async def send_dead_letter(
+    flow: Flow,
+    delivery: Delivery,
+    envelope: dict[str, Any] | None,
+    raw: bytes | None,
+    error: dict[str, Any],
+    attempts: int,
+) -> None:
+    letter = {
+        "queue": flow.value,
+        "envelope": envelope,
+        "raw_excerpt": raw[:2048].decode("utf-8", errors="replace") if raw is not None else None,
+        "error": error,
+        "attempts": attempts,
+        "failed_at": datetime.now(UTC).isoformat(),
+        "original": {"topic": delivery.topic, "partition": delivery.partition, "offset": delivery.offset},
+    }
+    key = str(envelope["job_id"]).encode() if envelope else None
+    await send(dead_letter_topic(flow), key, json.dumps(letter).encode(), delivery.headers())
+    metrics.DEAD_LETTERS.labels(flow.value, error["type"]).inc()
+
+
+async def notify_on_call(envelope: JobEnvelope, error: dict[str, Any]) -> None:
+    """A JOB_FAILED in-app notification to the on-call people, once per dead job."""
+    on_call = get_settings().oncall_user_ids
+    if not on_call:
+        return
+    payload = SendNotificationPayload(
+        event_type=NotificationEventType.JOB_FAILED,
+        channel=Channel.IN_APP,
+        recipient_user_ids=on_call,
+        template_data={
+            "job_id": str(envelope.job_id),
+            "job_type": envelope.job_type.value,
+            "message": f"{error['type']}: {error['message']}"[:500],
+        },
+        idempotency_key=f"JOB_FAILED:{envelope.job_id}",
+    )
+    job = JobEnvelope.for_payload(payload, job_id=uuid5(envelope.job_id, "job-failed"))
+    async with (await resources.pool()).acquire() as conn:
+        await submit(conn, job)
 
 
 async def record_outcome(
@@ -195,22 +402,23 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
     )
 
 
-async def reject_message(flow: Flow, message: Any, raw: bytes | None, exc: InvalidJobError) -> None:
-    """A message we cannot read is recorded as FAILED with its reason; the flow carries on."""
+async def reject_message(flow: Flow, delivery: Delivery, raw: bytes | None, exc: InvalidJobError) -> None:
+    """A message we cannot read goes to the dead-letter topic with its reason; the flow carries on."""
     raw = raw or b""
-    job_id, job_type = _identify(raw, f"{message.topic}:{message.partition}:{message.offset}")
+    job_id, job_type = _identify(raw, f"{delivery.topic}:{delivery.partition}:{delivery.offset}")
     error = {"type": "InvalidJobError", "message": str(exc), "retryable": False}
-    log.warning("message rejected", extra={"job_id": str(job_id), "topic": message.topic, "error": error})
+    log.warning("message rejected", extra={"job_id": str(job_id), "topic": delivery.topic, "error": error})
     metrics.JOBS_FAILED.labels(flow.value, job_type, "InvalidJobError").inc()
     while True:
         try:
+            await send_dead_letter(flow, delivery, None, raw, error, 0)
             async with (await resources.pool()).acquire() as conn:
                 await jobstore.record_rejected(conn, job_id, job_type, flow.value, raw, error)
             await publish_event(
                 JobEvent(
                     job_id=job_id,
                     job_type=None,
-                    state=JobState.FAILED,
+                    state=JobState.DEAD,
                     attempt=1,
                     error=error,
                     worker=WORKER_NAME,

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from app.config import Settings
+from app.retry import reliability_topics
 from models import ALL_TOPICS
 
 
@@ -31,7 +32,8 @@ def topic_configs(settings: Settings) -> dict[str, str]:
     }
 
 
-async def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> list[TopicReport]:
+async def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> list[TopicReport]:
+    names = names or (*ALL_TOPICS, *reliability_topics())
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15000)
     await admin.start()
     try:

@@ -72,8 +72,8 @@ def service_env(stack_env: dict[str, str]) -> dict[str, str]:
     }
 
 
-async def prepare_service(stack_env: dict[str, str], log_dir: Path) -> Service:
-    env = service_env(stack_env)
+async def prepare_service(stack_env: dict[str, str], log_dir: Path, **extra_env: str) -> Service:
+    env = {**service_env(stack_env), **extra_env}
     os.environ.update(env)
     get_settings.cache_clear()
     await migrate(env["DATABASE_URL"])
