@@ -1,15 +1,26 @@
 """SEND_NOTIFICATION: deliver one event to a batch of recipients on one channel.
 
-Each (event, recipient, channel) has an idempotency key, enforced by a unique index, so a
-redelivered batch never notifies anyone twice. This version delivers the IN_APP channel; the
-other channels fail as unsupported, visibly, rather than pretending to send.
+IN_APP: each (event, recipient, channel) has an idempotency key, enforced by a unique index, so
+a redelivered batch never notifies anyone twice.
+WEBHOOK: one signed POST per job. A 2xx is recorded under the job's idempotency key and never
+posted again; the window between a 2xx and that record (a crash in between) can repeat a post,
+so every post carries `X-Idempotency-Key` for the receiver to deduplicate. A 429 is a rate
+limit (retried after its Retry-After without using an attempt), 5xx and network errors are
+retried, other 4xx are not.
+EMAIL is not available in this version and fails as unsupported, visibly.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+
+import aiohttp
 from pydantic import BaseModel
 
-from app.errors import UnsupportedJobError
+from app.config import get_settings
+from app.errors import NonRetryableError, RateLimitedError, UnsupportedJobError
 from app.runner import FlowSpec, JobContext, register_flow
 from models import Channel, Flow, JobType, NotificationEventType, SendNotificationPayload
 
@@ -37,8 +48,69 @@ def render_title(event_type: NotificationEventType, data: dict[str, object]) -> 
         return template.split(":")[0]
 
 
+WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=5)
+SIGNATURE_HEADER = "X-Governance-Signature"
+
+
+def sign(body: bytes, secret: str) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def post_webhook(ctx: JobContext, job: SendNotificationPayload) -> NotificationResult:
+    url = str(job.webhook_url)
+    async with ctx.pool.acquire() as conn:
+        if await conn.fetchval(
+            "SELECT 1 FROM webhook_deliveries WHERE idempotency_key = $1", job.idempotency_key
+        ):
+            return NotificationResult(channel=job.channel, recipients=1, delivered=0, already_delivered=1)
+    body = json.dumps(
+        {
+            "event_type": job.event_type.value,
+            "data": job.template_data,
+            "idempotency_key": job.idempotency_key,
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Idempotency-Key": job.idempotency_key,
+        SIGNATURE_HEADER: sign(body, get_settings().webhook_signing_secret),
+    }
+    async with (
+        aiohttp.ClientSession(timeout=WEBHOOK_TIMEOUT) as session,
+        session.post(url, data=body, headers=headers, allow_redirects=False) as response,
+    ):
+        status = response.status
+        retry_after = response.headers.get("Retry-After", "1")
+    if status == 429:
+        raise RateLimitedError("webhook answered 429", retry_after=_seconds(retry_after))
+    if status >= 500:
+        raise RuntimeError(f"webhook answered {status}")
+    if status >= 300:
+        raise NonRetryableError(f"webhook answered {status}")
+    async with ctx.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO webhook_deliveries (idempotency_key, url, status_code, job_id)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
+            job.idempotency_key,
+            url,
+            status,
+            ctx.job_id,
+        )
+    return NotificationResult(channel=job.channel, recipients=1, delivered=1, already_delivered=0)
+
+
+def _seconds(retry_after: str) -> float:
+    """Retry-After in seconds; the HTTP-date form counts as one second."""
+    try:
+        return max(0.0, float(retry_after))
+    except ValueError:
+        return 1.0
+
+
 async def send_notification(ctx: JobContext) -> NotificationResult:
     job: SendNotificationPayload = ctx.payload
+    if job.channel is Channel.WEBHOOK:
+        return await post_webhook(ctx, job)
     if job.channel is not Channel.IN_APP:
         raise UnsupportedJobError(f"channel {job.channel.value} is not available in this version")
     title = render_title(job.event_type, job.template_data)

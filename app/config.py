@@ -67,6 +67,8 @@ class Settings:
     jwt_public_key: str = field(default_factory=lambda: _env("JWT_PUBLIC_KEY", ""))
     payload_encryption_key: str = field(default_factory=lambda: _env("PAYLOAD_ENCRYPTION_KEY", ""))
     shutdown_grace_seconds: float = field(default_factory=lambda: _env_float("SHUTDOWN_GRACE_SECONDS", 60.0))
+    # Key of the HMAC-SHA256 signature on every webhook we post (X-Governance-Signature).
+    webhook_signing_secret: str = field(default_factory=lambda: _env("WEBHOOK_SIGNING_SECRET", ""))
     # People told (in-app JOB_FAILED) when a job goes to a dead-letter topic.
     oncall_user_ids: tuple[UUID, ...] = field(
         default_factory=lambda: tuple(UUID(u) for u in _env("ONCALL_USER_IDS", "").split(",") if u.strip())

@@ -3,6 +3,11 @@
 Topics are provisioned before workers start (FAUST_NOTES: an agent whose topic is missing
 subscribes to nothing until restart). An existing topic with too few partitions is reported,
 not silently grown: adding partitions remaps keys and would split a job's status history.
+
+The status table's changelog is provisioned here too, compacted and with the same partition
+count as the job-events topic, under the name Faust gives it (`<APP_ID>-job-status-changelog`):
+a worker that had to create it itself could write to it before the broker's metadata knew
+it, and Faust then crashes the status agent with a partitions mismatch.
 """
 
 from __future__ import annotations
@@ -24,16 +29,20 @@ class TopicReport:
     action: str  # "created", "ok" or "mismatch: ..."
 
 
-def topic_configs(settings: Settings) -> dict[str, str]:
-    return {
-        "retention.ms": str(settings.topic_retention_ms),
-        "min.insync.replicas": str(settings.topic_min_insync_replicas),
-        "cleanup.policy": "delete",
-    }
+def topic_configs(settings: Settings, name: str) -> dict[str, str]:
+    if name == changelog_topic(settings):
+        policy = {"cleanup.policy": "compact"}
+    else:
+        policy = {"cleanup.policy": "delete", "retention.ms": str(settings.topic_retention_ms)}
+    return {**policy, "min.insync.replicas": str(settings.topic_min_insync_replicas)}
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-job-status-changelog"
 
 
 async def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> list[TopicReport]:
-    names = names or (*ALL_TOPICS, *reliability_topics())
+    names = names or (*ALL_TOPICS, *reliability_topics(), changelog_topic(settings))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -47,7 +56,7 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None
                     name=name,
                     num_partitions=settings.topic_partitions,
                     replication_factor=settings.topic_replication_factor,
-                    topic_configs=topic_configs(settings),
+                    topic_configs=topic_configs(settings, name),
                 )
                 for name in missing
             ]

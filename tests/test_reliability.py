@@ -8,21 +8,34 @@ handler ran.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import itertools
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
 import pytest
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.auth import issue_token
 from app.crypto import encrypt_secret, generate_key
-from models import FetchEvidenceFromIntegrationPayload, IntegrationType, JobEnvelope, Role
+from models import (
+    Channel,
+    FetchEvidenceFromIntegrationPayload,
+    IntegrationType,
+    JobEnvelope,
+    NotificationEventType,
+    Role,
+    SendNotificationPayload,
+)
 from tests.service import JWT_SECRET, Service, create_policy, prepare_service
 from tests.test_service import distribution_envelope, produce_raw
-from tests.workers import GOVERNANCE, api, wait_for_job
+from tests.workers import GOVERNANCE, api, free_port, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +43,7 @@ pytestmark = pytest.mark.integration
 RETRY_POLICY = "4:1,2,3"
 TIERS = (1.0, 2.0, 3.0)
 PAYLOAD_KEY = generate_key()
+WEBHOOK_SECRET = "webhook-signing-secret-for-tests"
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +53,7 @@ async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: i
         tmp_path_factory.mktemp("workers"),
         RETRY_POLICY=RETRY_POLICY,
         PAYLOAD_ENCRYPTION_KEY=PAYLOAD_KEY,
+        WEBHOOK_SIGNING_SECRET=WEBHOOK_SECRET,
     )
     await svc.start_worker("r1")
     try:
@@ -329,3 +344,47 @@ async def test_no_credential_appears_in_a_dead_letter(service: Service) -> None:
     _, shown = await api("GET", f"{service.url}/dlq/evidence/{letter_id}", token=admin)
     assert secret not in json.dumps(shown)
     assert shown["envelope"]["payload"]["credentials"] == "[REDACTED]"
+
+
+async def test_a_rate_limited_job_waits_for_retry_after_without_using_attempts(service: Service) -> None:
+    """A real HTTP receiver answers 429 (Retry-After: 1) twice, then 200."""
+    received: list[tuple[float, bytes, dict[str, str]]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        received.append((time.monotonic(), await request.read(), dict(request.headers)))
+        if len(received) <= 2:
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        return web.Response(status=204)
+
+    server = web.Application()
+    server.router.add_post("/hook", receive)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        payload = SendNotificationPayload(
+            event_type=NotificationEventType.REPORT_READY,
+            channel=Channel.WEBHOOK,
+            webhook_url=f"http://127.0.0.1:{port}/hook",
+            template_data={"report_id": str(uuid4())},
+            idempotency_key=f"REPORT_READY:{uuid4()}",
+        )
+        envelope = JobEnvelope.for_payload(payload)
+        await submit(service, envelope)
+        done = await wait_for_job(service.url, str(envelope.job_id), service.admin_token, timeout=60)
+    finally:
+        await runner.cleanup()
+    assert done["attempt"] == 1  # rate limits did not use up attempts
+    assert len(received) == 3
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(received)]
+    assert all(gap >= 1.0 for gap in gaps), gaps
+    for _, body, headers in received:
+        expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["X-Governance-Signature"] == expected
+        assert headers["X-Idempotency-Key"] == payload.idempotency_key
+    async with service.db() as conn:
+        delivered = await conn.fetchval(
+            "SELECT status_code FROM webhook_deliveries WHERE idempotency_key = $1", payload.idempotency_key
+        )
+    assert delivered == 204
