@@ -164,12 +164,12 @@ def register_flow(spec: FlowSpec) -> None:
 
     async def consume(stream: Any) -> None:
         async for batch in stream.take_events(spec.concurrency, within=0.05):
-            await asyncio.gather(*(run_message(spec, event) for event in batch))
+            await asyncio.gather(*(run_message(spec, event, tier=None) for event in batch))
 
-    def retry_consumer() -> Callable[[Any], Awaitable[None]]:
+    def retry_consumer(tier: float) -> Callable[[Any], Awaitable[None]]:
         async def consume_retries(stream: Any) -> None:
             async for batch in stream.take_events(spec.concurrency, within=0.05):
-                await asyncio.gather(*(run_retry(spec, event) for event in batch))
+                await asyncio.gather(*(run_message(spec, event, tier=tier) for event in batch))
 
         return consume_retries
 
@@ -178,42 +178,51 @@ def register_flow(spec: FlowSpec) -> None:
     # so a message never waits behind a batch due later than itself.
     for tier in schedule_for(spec.flow).tiers:
         name = f"retry-{spec.flow.value}-{tier_label(tier)}"
-        faust_app.agent(declare(retry_topic(spec.flow, tier)), name=name, concurrency=1)(retry_consumer())
+        faust_app.agent(declare(retry_topic(spec.flow, tier)), name=name, concurrency=1)(retry_consumer(tier))
 
 
-async def run_message(spec: FlowSpec, event: Any) -> None:
-    """Everything that happens to one message; it returns only once the outcome is durable."""
+async def run_message(spec: FlowSpec, event: Any, *, tier: float | None) -> None:
+    """Everything that happens to one message; it returns only once the outcome is durable.
+
+    `tier` is the delay of the retry tier the message came from (None: the flow topic). The
+    flow topic never holds a message: one not yet due (a producer's `not_before`) is parked in
+    the retry tier that fits its wait. A tier holds a message at most for its own delay, so a
+    job due hours ahead goes round the longest tier instead of blocking its head.
+    """
     delivery = Delivery.of(event.message)
     try:
         envelope = parse_envelope(event.value, spec.flow)
     except InvalidJobError as exc:
         await reject_message(spec.flow, delivery, event.value, exc)
         return
+    if tier is not None and envelope.not_before is not None:
+        hold_until = min(envelope.not_before, datetime.now(UTC) + timedelta(seconds=tier))
+        if not await wait_until_due(hold_until):
+            # Rebalance or shutdown: waiting would hold up the group, so put the message back
+            # on its tier (same bytes, same due time) before this copy is acknowledged.
+            await send(
+                event.message.topic, event.message.key, event.value, _header_items(event.message.headers)
+            )
+            return
+    if (wait := seconds_until(envelope.not_before)) > 0:
+        await park(spec.flow, envelope, delivery, wait)
+        return
     await run_until_recorded(spec, envelope, delivery)
 
 
-async def run_retry(spec: FlowSpec, event: Any) -> None:
-    """Hold a retry until it is due, then run it; hand it back to its tier if we must stop."""
-    delivery = Delivery.of(event.message)
-    try:
-        envelope = parse_envelope(event.value, spec.flow)
-    except InvalidJobError as exc:
-        await reject_message(spec.flow, delivery, event.value, exc)
-        return
-    if not await wait_until_due(envelope.not_before):
-        # Rebalance or shutdown: waiting would hold up the group, so put the message back on
-        # its tier (same bytes, same due time) before this copy is acknowledged.
-        await send(event.message.topic, event.message.key, event.value, _header_items(event.message.headers))
-        return
-    await run_until_recorded(spec, envelope, delivery)
+def seconds_until(moment: datetime | None) -> float:
+    return 0.0 if moment is None else (moment - datetime.now(UTC)).total_seconds()
+
+
+async def park(flow: Flow, envelope: JobEnvelope, delivery: Delivery, wait: float) -> None:
+    tier = schedule_for(flow).tier_for(wait)
+    record = envelope_record(envelope)
+    await send(retry_topic(flow, tier), record.key, record.value, [*record.headers, *delivery.headers()])
 
 
 async def wait_until_due(not_before: datetime | None) -> bool:
     """Sleep until `not_before` in short steps; False if the worker starts rebalancing or stopping."""
-    while not_before is not None:
-        remaining = (not_before - datetime.now(UTC)).total_seconds()
-        if remaining <= 0:
-            break
+    while (remaining := seconds_until(not_before)) > 0:
         if faust_app.rebalancing or Lifecycle.stopping:
             return False
         await asyncio.sleep(min(remaining, 0.2))

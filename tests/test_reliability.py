@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import pytest
@@ -24,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.auth import issue_token
 from app.crypto import encrypt_secret, generate_key
+from app.seed import seed_id
 from models import (
     Channel,
     FetchEvidenceFromIntegrationPayload,
@@ -44,6 +46,7 @@ RETRY_POLICY = "4:1,2,3"
 TIERS = (1.0, 2.0, 3.0)
 PAYLOAD_KEY = generate_key()
 WEBHOOK_SECRET = "webhook-signing-secret-for-tests"
+ON_CALL = seed_id("user", 0)  # the demo organisation's admin
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,7 @@ async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: i
         RETRY_POLICY=RETRY_POLICY,
         PAYLOAD_ENCRYPTION_KEY=PAYLOAD_KEY,
         WEBHOOK_SIGNING_SECRET=WEBHOOK_SECRET,
+        ONCALL_USER_IDS=str(ON_CALL),
     )
     await svc.start_worker("r1")
     try:
@@ -174,6 +178,17 @@ async def test_a_non_retryable_error_goes_straight_to_the_dead_letter_topic(serv
                 break
             await asyncio.sleep(0.2)
     assert row is not None and row["attempts"] == 1 and row["status"] == "UNRESOLVED"
+    # The on-call person hears about it once, in-app.
+    async with service.db() as conn:
+        for _ in range(50):
+            told = await conn.fetch(
+                "SELECT user_id, title FROM notifications WHERE idempotency_key LIKE $1",
+                f"JOB_FAILED:{envelope.job_id}:%",
+            )
+            if told:
+                break
+            await asyncio.sleep(0.2)
+    assert [(r["user_id"], r["title"]) for r in told] == [(ON_CALL, "Job failed: DISTRIBUTE_POLICY")]
 
 
 async def test_poison_messages_go_to_the_dead_letter_topic_and_the_agent_keeps_serving(
@@ -388,3 +403,20 @@ async def test_a_rate_limited_job_waits_for_retry_after_without_using_attempts(s
             "SELECT status_code FROM webhook_deliveries WHERE idempotency_key = $1", payload.idempotency_key
         )
     assert delivered == 204
+
+
+async def test_a_job_is_not_run_before_its_not_before_time(service: Service) -> None:
+    units = [service.org.business_unit_ids[2]]
+    async with service.db() as conn:
+        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
+    due = datetime.now(UTC) + timedelta(seconds=2.5)
+    payload = distribution_envelope(policy_id, units).payload
+    envelope = JobEnvelope.for_payload(payload, not_before=due)
+    await submit(service, envelope)
+    done = await wait_for_job(service.url, str(envelope.job_id), service.admin_token, timeout=30)
+    async with service.db() as conn:
+        started = await conn.fetchval(
+            "SELECT started_at FROM job_attempts WHERE job_id = $1 AND attempt = 1", envelope.job_id
+        )
+    assert done["attempt"] == 1
+    assert due <= started <= due + timedelta(seconds=0.5)
