@@ -152,7 +152,14 @@ class PublishPolicy(IntakeView):
     allowed = ADMINS
     endpoint = "publish_policy"
 
-    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+    async def build(
+        self,
+        conn: asyncpg.Connection,
+        caller: Caller,
+        body: dict[str, Any],
+        path: dict[str, str],
+        options: dict[str, Any],
+    ) -> JobEnvelope:
         policy = await require_row(conn, "policies", _uuid(path["policy_id"], "policy"))
         targets = {
             "policy_version": policy["version"],
@@ -168,7 +175,14 @@ class GenerateReport(IntakeView):
     allowed = ANY_USER
     endpoint = "generate_report"
 
-    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+    async def build(
+        self,
+        conn: asyncpg.Connection,
+        caller: Caller,
+        body: dict[str, Any],
+        path: dict[str, str],
+        options: dict[str, Any],
+    ) -> JobEnvelope:
         payload = GenerateReportPayload.model_validate(body)
         await require_row(conn, "frameworks", payload.framework_id)
         envelope = envelope_for(payload, caller, options)
@@ -192,7 +206,14 @@ class ScheduleAssessment(IntakeView):
     allowed = ADMINS
     endpoint = "schedule_assessment"
 
-    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+    async def build(
+        self,
+        conn: asyncpg.Connection,
+        caller: Caller,
+        body: dict[str, Any],
+        path: dict[str, str],
+        options: dict[str, Any],
+    ) -> JobEnvelope:
         payload = ScheduleAssessmentPayload.model_validate(body)
         await require_row(conn, "frameworks", payload.framework_id)
         return envelope_for(payload, caller, options)
@@ -203,7 +224,14 @@ class GenerateAuditPackage(IntakeView):
     allowed = ADMINS
     endpoint = "generate_audit_package"
 
-    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+    async def build(
+        self,
+        conn: asyncpg.Connection,
+        caller: Caller,
+        body: dict[str, Any],
+        path: dict[str, str],
+        options: dict[str, Any],
+    ) -> JobEnvelope:
         payload = GenerateAuditPackagePayload.model_validate(body)
         await require_row(conn, "frameworks", payload.framework_id)
         envelope = envelope_for(payload, caller, options)
@@ -225,7 +253,14 @@ class ExportData(IntakeView):
     allowed = ANY_USER
     endpoint = "export_data"
 
-    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+    async def build(
+        self,
+        conn: asyncpg.Connection,
+        caller: Caller,
+        body: dict[str, Any],
+        path: dict[str, str],
+        options: dict[str, Any],
+    ) -> JobEnvelope:
         return envelope_for(ExportDataPayload.model_validate(body), caller, options)
 
 
@@ -256,7 +291,14 @@ class ImportControls(IntakeView):
             raise BadRequest("multipart request needs a 'file' part")
         return body
 
-    async def build(self, conn, caller, body, path, options):  # type: ignore[no-untyped-def]
+    async def build(
+        self,
+        conn: asyncpg.Connection,
+        caller: Caller,
+        body: dict[str, Any],
+        path: dict[str, str],
+        options: dict[str, Any],
+    ) -> JobEnvelope:
         upload = body.pop("_upload", None)
         storage = await resources.storage()
         if upload is not None:

@@ -17,25 +17,32 @@ from models import JobEnvelope, JobState
 TERMINAL = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.DEAD.value)
 
 
-async def record_queued(conn: asyncpg.Connection, envelope: JobEnvelope) -> bool:
-    """Insert a QUEUED job; False when the job id already exists (an idempotent replay)."""
-    row = await conn.fetchrow(
-        """
-        INSERT INTO jobs (id, job_type, flow, status, attempt, max_attempts, payload,
-                          requested_by, correlation_id, created_at, updated_at)
-        VALUES ($1, $2, $3, 'QUEUED', $4, $5, $6, $7, $8, $9, now())
-        ON CONFLICT (id) DO NOTHING
-        RETURNING id
-        """,
+_INSERT_JOB = """
+    INSERT INTO jobs (id, job_type, flow, status, attempt, max_attempts, payload,
+                      requested_by, correlation_id, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+"""
+
+
+def _job_values(envelope: JobEnvelope, status: JobState) -> tuple[Any, ...]:
+    return (
         envelope.job_id,
         envelope.job_type.value,
         envelope.flow.value,
+        status.value,
         envelope.attempt,
         envelope.max_attempts,
         envelope.payload.model_dump(mode="json"),
         envelope.requested_by,
         envelope.correlation_id,
         envelope.created_at,
+    )
+
+
+async def record_queued(conn: asyncpg.Connection, envelope: JobEnvelope) -> bool:
+    """Insert a QUEUED job; False when the job id already exists (an idempotent replay)."""
+    row = await conn.fetchrow(
+        _INSERT_JOB + "ON CONFLICT (id) DO NOTHING RETURNING id", *_job_values(envelope, JobState.QUEUED)
     )
     return row is not None
 
@@ -45,24 +52,14 @@ async def claim(conn: asyncpg.Connection, envelope: JobEnvelope, worker: str) ->
     has started (a duplicate or stale delivery)."""
     async with conn.transaction():
         row = await conn.fetchrow(
-            """
-            INSERT INTO jobs (id, job_type, flow, status, attempt, max_attempts, payload,
-                              requested_by, correlation_id, created_at, updated_at)
-            VALUES ($1, $2, $3, 'ACTIVE', $4, $5, $6, $7, $8, $9, now())
+            _INSERT_JOB
+            + """
             ON CONFLICT (id) DO UPDATE
                SET status = 'ACTIVE', attempt = EXCLUDED.attempt, updated_at = now()
-             WHERE jobs.status <> ALL($10::text[]) AND jobs.attempt <= EXCLUDED.attempt
+             WHERE jobs.status <> ALL($11::text[]) AND jobs.attempt <= EXCLUDED.attempt
             RETURNING id
             """,
-            envelope.job_id,
-            envelope.job_type.value,
-            envelope.flow.value,
-            envelope.attempt,
-            envelope.max_attempts,
-            envelope.payload.model_dump(mode="json"),
-            envelope.requested_by,
-            envelope.correlation_id,
-            envelope.created_at,
+            *_job_values(envelope, JobState.ACTIVE),
             list(TERMINAL),
         )
         if row is None:
