@@ -120,8 +120,7 @@ async def distribute_policy(ctx: JobContext) -> DistributionResult:
         ]
         await ctx.progress(60, f"notifying {len(recipients)} recipients")
 
-        batches_total = len(job.channels) * -(-len(recipients) // NOTIFICATION_BATCH_SIZE)
-        notification_jobs = 0
+        batches: list[tuple[UUID, SendNotificationPayload]] = []
         for channel in job.channels:
             for start in range(0, len(recipients), NOTIFICATION_BATCH_SIZE):
                 batch = recipients[start : start + NOTIFICATION_BATCH_SIZE]
@@ -129,27 +128,22 @@ async def distribute_policy(ctx: JobContext) -> DistributionResult:
                 # (skipped as duplicates) and a changed audience yields new ones rather than
                 # silently dropping people; per-recipient idempotency keys stop double sends.
                 batch_id = uuid5(ctx.job_id, f"{channel.value}:{batch[0]}:{batch[-1]}:{len(batch)}")
-                await ctx.enqueue(
-                    SendNotificationPayload(
-                        event_type=NotificationEventType.POLICY_PUBLISHED,
-                        channel=channel,
-                        recipient_user_ids=batch,
-                        template_data={
-                            "policy_id": str(job.policy_id),
-                            "policy_version": version,
-                            "policy_title": policy["title"],
-                            "message": job.message or "",
-                        },
-                        idempotency_key=f"POLICY_PUBLISHED:{job.policy_id}:v{version}",
-                    ),
-                    job_id=batch_id,
-                    conn=conn,
+                payload = SendNotificationPayload(
+                    event_type=NotificationEventType.POLICY_PUBLISHED,
+                    channel=channel,
+                    recipient_user_ids=batch,
+                    template_data={
+                        "policy_id": str(job.policy_id),
+                        "policy_version": version,
+                        "policy_title": policy["title"],
+                        "message": job.message or "",
+                    },
+                    idempotency_key=f"POLICY_PUBLISHED:{job.policy_id}:v{version}",
                 )
-                notification_jobs += 1
-                await ctx.progress(
-                    60 + 35 * notification_jobs // batches_total,
-                    f"{notification_jobs}/{batches_total} notification batches queued",
-                )
+                batches.append((batch_id, payload))
+        notification_jobs = len(batches)
+        await ctx.enqueue_many(batches, conn=conn)
+        await ctx.progress(95, f"{notification_jobs} notification batches queued")
 
         result = DistributionResult(
             policy_id=job.policy_id,

@@ -6,6 +6,9 @@ job the service itself creates has a QUEUED row in PostgreSQL before its message
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import asyncpg
 
 from app import jobstore
@@ -29,16 +32,24 @@ async def produce(envelope: JobEnvelope) -> None:
 
 
 async def submit(conn: asyncpg.Connection, envelope: JobEnvelope) -> bool:
-    """Record and produce a job; False if that job id was already submitted and is past QUEUED.
+    """Record and produce one job; False if its id was already submitted and is past QUEUED."""
+    return await submit_many(conn, [envelope]) == 1
+
+
+async def submit_many(conn: asyncpg.Connection, envelopes: Sequence[JobEnvelope]) -> int:
+    """Record jobs with one statement, then produce them and their QUEUED events concurrently.
 
     A job id still QUEUED is produced again: the first attempt may have failed between the
-    row and the message, and consumers skip a job id that already ran.
+    row and the message, and consumers skip a job id that already ran. Returns how many
+    were produced.
     """
-    created = await jobstore.record_queued(conn, envelope)
-    if not created:
-        status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", envelope.job_id)
-        if status != JobState.QUEUED.value:
-            return False
-    await produce(envelope)
-    await publish_event(JobEvent.for_envelope(envelope, JobState.QUEUED, progress=0, message="queued"))
-    return True
+    to_produce = await jobstore.record_queued(conn, envelopes)
+    chosen = [e for e in envelopes if e.job_id in to_produce]
+    await asyncio.gather(*(produce(e) for e in chosen))
+    await asyncio.gather(
+        *(
+            publish_event(JobEvent.for_envelope(e, JobState.QUEUED, progress=0, message="queued"))
+            for e in chosen
+        )
+    )
+    return len(chosen)

@@ -7,6 +7,7 @@ The status table in Kafka is the live view; these rows outlive topic retention a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -39,12 +40,40 @@ def _job_values(envelope: JobEnvelope, status: JobState) -> tuple[Any, ...]:
     )
 
 
-async def record_queued(conn: asyncpg.Connection, envelope: JobEnvelope) -> bool:
-    """Insert a QUEUED job; False when the job id already exists (an idempotent replay)."""
-    row = await conn.fetchrow(
-        _INSERT_JOB + "ON CONFLICT (id) DO NOTHING RETURNING id", *_job_values(envelope, JobState.QUEUED)
+async def record_queued(conn: asyncpg.Connection, envelopes: Sequence[JobEnvelope]) -> set[UUID]:
+    """Insert QUEUED jobs in one statement; returns the ids that should be produced now.
+
+    That is every new id, and every id that exists but is still QUEUED (an earlier submit may
+    have failed between the row and the message); ids past QUEUED are left alone.
+    """
+    if not envelopes:
+        return set()
+    columns = list(zip(*(_job_values(e, JobState.QUEUED) for e in envelopes), strict=True))
+    rows = await conn.fetch(
+        """
+        WITH incoming AS (
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                                 $7::text[], $8::uuid[], $9::text[], $10::timestamptz[])
+                     AS t(id, job_type, flow, status, attempt, max_attempts, payload, requested_by,
+                          correlation_id, created_at)
+        ), inserted AS (
+            INSERT INTO jobs (id, job_type, flow, status, attempt, max_attempts, payload,
+                              requested_by, correlation_id, created_at, updated_at)
+            SELECT id, job_type, flow, status, attempt, max_attempts, payload::jsonb, requested_by,
+                   correlation_id, created_at, now()
+              FROM incoming
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        )
+        SELECT id FROM inserted
+        UNION
+        SELECT j.id FROM jobs j JOIN incoming USING (id) WHERE j.status = 'QUEUED'
+        """,
+        *[list(col) for col in columns[:6]],
+        [json.dumps(p) for p in columns[6]],
+        *[list(col) for col in columns[7:]],
     )
-    return row is not None
+    return {row["id"] for row in rows}
 
 
 async def claim(conn: asyncpg.Connection, envelope: JobEnvelope, worker: str) -> bool:

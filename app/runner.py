@@ -22,7 +22,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from app import jobstore, metrics
 from app.config import get_settings
-from app.dispatch import send, submit
+from app.dispatch import send, submit, submit_many
 from app.errors import InvalidJobError, JobError, RateLimitedError, UnsupportedJobError
 from app.faust_app import faust_app, settings
 from app.logs import redact
@@ -52,6 +52,7 @@ from models import (
     Flow,
     JobEnvelope,
     JobEvent,
+    JobPayload,
     JobState,
     JobType,
     NotificationEventType,
@@ -126,15 +127,18 @@ class JobContext:
     def payload(self) -> Any:
         return self.envelope.payload
 
-    async def enqueue(self, payload: BaseModel, *, job_id: UUID, conn: asyncpg.Connection) -> bool:
-        """Submit a follow-up job on behalf of the same requester and correlation."""
-        envelope = JobEnvelope.for_payload(
-            payload,
-            job_id=job_id,
-            requested_by=self.envelope.requested_by,
-            correlation_id=self.envelope.correlation_id or str(self.job_id),
-        )
-        return await submit(conn, envelope)
+    async def enqueue_many(self, jobs: Sequence[tuple[UUID, JobPayload]], *, conn: asyncpg.Connection) -> int:
+        """Submit follow-up jobs (id, payload) on behalf of the same requester and correlation."""
+        envelopes = [
+            JobEnvelope.for_payload(
+                payload,
+                job_id=job_id,
+                requested_by=self.envelope.requested_by,
+                correlation_id=self.envelope.correlation_id or str(self.job_id),
+            )
+            for job_id, payload in jobs
+        ]
+        return await submit_many(conn, envelopes)
 
     async def progress(self, percent: int, message: str) -> None:
         await publish_event(self._event(JobState.ACTIVE, progress=percent, message=message))

@@ -292,8 +292,10 @@ async def test_dead_letters_are_managed_over_http_with_admin_rights(service: Ser
     # The policy still does not exist, so the replay dies again: a new dead letter, not a loop.
     await wait_for_job(service.url, replay["job_id"], service.admin_token, ("DEAD",))
 
-    status, outcome = await api("POST", f"{base}/retry-all?limit=2", token=service.admin_token)
-    assert status == 200 and outcome["retried"] + outcome["failed"] <= 2 and outcome["retried"] >= 1
+    status, outcome = await api("POST", f"{base}/retry-all?limit=500", token=service.admin_token)
+    # Two of the three are still unresolved; unreadable (poison) letters cannot be replayed.
+    assert status == 200 and outcome["retried"] >= 2
+    assert all("unreadable" in failure["reason"] for failure in outcome["failures"])
 
     assert (await api("POST", f"{base}/purge", token=service.admin_token))[0] == 400
     status, purged = await api("POST", f"{base}/purge?older_than_days=0", token=service.admin_token)
