@@ -177,6 +177,7 @@ register_flow(
         flow=Flow.POLICY,
         concurrency=5,
         timeout_seconds=30,
+        heartbeat=True,  # 30 s without progress; a 100k distribution reports after every phase
         handlers={JobType.DISTRIBUTE_POLICY: distribute_policy},
     )
 )

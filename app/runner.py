@@ -112,12 +112,37 @@ def _header_items(headers: Any) -> list[tuple[str, bytes]]:
     return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
 
 
+class TimeLimit:
+    """An attempt's time limit: a hard deadline, or a heartbeat window that progress renews.
+
+    Long batch jobs (a distribution to 100k people) use the heartbeat form: the attempt may run
+    as long as it needs while it reports progress at least once per window.
+    """
+
+    def __init__(self, seconds: float, *, heartbeat: bool) -> None:
+        self.seconds = seconds
+        self.heartbeat = heartbeat
+        self._timeout = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> TimeLimit:
+        await self._timeout.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._timeout.__aexit__(*exc_info)
+
+    def beat(self) -> None:
+        if self.heartbeat:
+            self._timeout.reschedule(asyncio.get_running_loop().time() + self.seconds)
+
+
 class JobContext:
     """What a handler gets: its typed payload, the database, and a way to report progress."""
 
-    def __init__(self, envelope: JobEnvelope, pool: asyncpg.Pool) -> None:
+    def __init__(self, envelope: JobEnvelope, pool: asyncpg.Pool, time_limit: TimeLimit) -> None:
         self.envelope = envelope
         self.pool = pool
+        self.time_limit = time_limit
 
     @property
     def job_id(self) -> UUID:
@@ -141,6 +166,7 @@ class JobContext:
         return await submit_many(conn, envelopes)
 
     async def progress(self, percent: int, message: str) -> None:
+        self.time_limit.beat()
         await publish_event(self._event(JobState.ACTIVE, progress=percent, message=message))
 
     def _event(self, state: JobState, **fields: Any) -> JobEvent:
@@ -156,6 +182,8 @@ class FlowSpec:
     concurrency: int
     timeout_seconds: float
     handlers: Mapping[JobType, Handler]
+    # True: the limit is a window without progress rather than a deadline for the attempt.
+    heartbeat: bool = False
 
 
 def register_flow(spec: FlowSpec) -> None:
@@ -270,7 +298,7 @@ async def run_job(spec: FlowSpec, envelope: JobEnvelope, delivery: Delivery) -> 
         metrics.JOBS_SKIPPED_DUPLICATE.labels(queue).inc()
         log.info("duplicate delivery skipped", extra={"job_id": str(envelope.job_id), "queue": queue})
         return
-    ctx = JobContext(envelope, pool)
+    ctx = JobContext(envelope, pool, TimeLimit(spec.timeout_seconds, heartbeat=spec.heartbeat))
     await publish_event(ctx._event(JobState.ACTIVE, progress=0, message="started"))
     log.info("job started", extra={"job_id": str(envelope.job_id), "job_type": job_type})
     started = time.monotonic()
@@ -279,7 +307,7 @@ async def run_job(spec: FlowSpec, envelope: JobEnvelope, delivery: Delivery) -> 
         handler = spec.handlers.get(envelope.job_type)
         if handler is None:
             raise UnsupportedJobError(f"no handler for {job_type} in this version")
-        async with asyncio.timeout(spec.timeout_seconds):
+        async with ctx.time_limit:
             outcome = await handler(ctx)
     except Exception as exc:
         metrics.JOBS_FAILED.labels(queue, job_type, type(exc).__name__).inc()

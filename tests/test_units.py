@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import timedelta
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from app.auth import ADMINS, ANY_USER, AuthError, authenticate, issue_token
 from app.config import Settings
 from app.logs import REDACTED, JsonFormatter, redact
+from app.runner import TimeLimit
 from app.storage import object_key, safe_name
 from models import Role
 
@@ -99,3 +101,18 @@ def test_object_keys_are_laid_out_by_kind_and_date_with_safe_names() -> None:
     assert key == "reports/2026/12/03/passwd"
     assert safe_name("Q3 report (final).pdf") == "Q3_report_final_.pdf"
     assert safe_name("..") == "file"
+
+
+async def test_a_heartbeat_time_limit_is_renewed_by_progress_and_a_deadline_is_not() -> None:
+    async with TimeLimit(0.2, heartbeat=True) as limit:
+        for _ in range(4):
+            await asyncio.sleep(0.1)
+            limit.beat()
+    with pytest.raises(TimeoutError):
+        async with TimeLimit(0.2, heartbeat=True) as limit:
+            await asyncio.sleep(0.3)
+    with pytest.raises(TimeoutError):
+        async with TimeLimit(0.2, heartbeat=False) as limit:
+            for _ in range(4):
+                await asyncio.sleep(0.1)
+                limit.beat()
