@@ -167,6 +167,7 @@ class JobContext:
 
     async def progress(self, percent: int, message: str) -> None:
         self.time_limit.beat()
+        log.info("job progress", extra={"job_id": str(self.job_id), "progress": percent, "note": message})
         await publish_event(self._event(JobState.ACTIVE, progress=percent, message=message))
 
     def _event(self, state: JobState, **fields: Any) -> JobEvent:

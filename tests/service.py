@@ -67,7 +67,7 @@ def service_env(stack_env: dict[str, str]) -> dict[str, str]:
         "BROKER_SESSION_TIMEOUT": "10",
         "BROKER_HEARTBEAT_INTERVAL": "1",
         "BROKER_REBALANCE_TIMEOUT": "10",
-        "SHUTDOWN_GRACE_SECONDS": "30",
+        "SHUTDOWN_GRACE_SECONDS": "90",
         "LOG_LEVEL": "INFO",
     }
 

@@ -13,11 +13,12 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from app.auth import issue_token
 from app.config import get_settings
 from app.seed import seed_bulk_users
 from app.storage import object_key, open_storage
-from models import DistributePolicyPayload, JobEnvelope
-from tests.service import Service, counts, create_policy, prepare_service
+from models import DistributePolicyPayload, JobEnvelope, Role
+from tests.service import JWT_SECRET, Service, counts, create_policy, prepare_service
 from tests.workers import GOVERNANCE, api, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -264,7 +265,7 @@ async def test_sigterm_lets_a_running_job_finish(service: Service) -> None:
     )
     await wait_for_job(worker.url, str(envelope.job_id), service.admin_token, ("ACTIVE",))
     worker.signal(signal.SIGTERM)
-    assert await worker.wait_exit(timeout=60) == 0
+    assert await worker.wait_exit(timeout=120) == 0
     async with service.db() as conn:
         stored = await conn.fetchrow("SELECT status, result FROM jobs WHERE id = $1", envelope.job_id)
         assigned = await conn.fetchval(
@@ -414,3 +415,44 @@ async def test_governance_enqueue_publishes_a_job_from_a_file(service: Service, 
     assert json.loads(stdout) == {"job_id": job_id, "topic": "governance.policy"}
     status = await wait_for_job(service.url, job_id, service.admin_token)
     assert status["result"]["recipients"] > 0
+
+
+async def test_recipients_read_their_in_app_notifications(service: Service) -> None:
+    units = [service.org.business_unit_ids[0]]
+    async with service.db() as conn:
+        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units, title="Clean desk policy")
+        reader = await conn.fetchval(
+            "SELECT id FROM users WHERE business_unit_id = $1 AND id = ANY($2::uuid[]) ORDER BY id LIMIT 1",
+            units[0],
+            list(service.org.user_ids),
+        )
+    envelope = distribution_envelope(policy_id, units)
+    await produce_raw(
+        service.env["KAFKA_BOOTSTRAP_SERVERS"],
+        "governance.policy",
+        str(envelope.job_id).encode(),
+        envelope.model_dump_json().encode(),
+    )
+    await wait_for_job(service.url, str(envelope.job_id), service.admin_token)
+    token = issue_token(JWT_SECRET, reader, [Role.USER])
+    inbox = f"{service.url}/users/{reader}/notifications?unread=true"
+    mine: list[dict] = []
+    for _ in range(100):
+        status, body = await api("GET", inbox, token=token)
+        mine = [n for n in body["items"] if n["data"].get("policy_id") == str(policy_id)]
+        if mine:
+            break
+        await asyncio.sleep(0.2)
+    assert status == 200 and len(mine) == 1
+    assert mine[0]["title"] == "New policy to acknowledge: Clean desk policy"
+    unread_before = body["unread"]
+
+    assert (await api("GET", inbox, token=service.user_token))[0] == 403  # someone else's inbox
+    assert (await api("GET", inbox, token=service.admin_token))[0] == 200
+    read_url = f"{service.url}/notifications/{mine[0]['id']}/read"
+    assert (await api("POST", read_url, token=service.user_token))[0] == 404  # not theirs
+    status, body = await api("POST", read_url, token=token)
+    assert status == 200 and body["read_at"]
+    status, body = await api("GET", inbox, token=token)
+    assert body["unread"] == unread_before - 1
+    assert all(n["id"] != mine[0]["id"] for n in body["items"])

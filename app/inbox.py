@@ -1,0 +1,86 @@
+"""In-app notifications as their recipient sees them: list, and mark as read.
+
+GET  /users/{user_id}/notifications?unread=true&limit=&before=   (the user, or an admin)
+POST /notifications/{notification_id}/read                      (the recipient only)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from faust.web import Request, Response, View
+
+from app.auth import ADMINS, ANY_USER, AuthError, authenticate
+from app.faust_app import faust_app, settings
+from app.resources import resources
+
+
+@faust_app.page("/users/{user_id}/notifications")
+class UserNotifications(View):
+    async def get(self, request: Request, user_id: str) -> Response:
+        try:
+            caller = authenticate(request.headers.get("Authorization"), settings, ANY_USER)
+            owner = UUID(user_id)
+            limit = max(1, min(int(request.query.get("limit", "50")), 200))
+            before = datetime.fromisoformat(request.query["before"]) if "before" in request.query else None
+        except AuthError as exc:
+            return self.json({"error": str(exc)}, status=exc.status)
+        except ValueError as exc:
+            return self.json({"error": f"bad user id, limit or before: {exc}"}, status=400)
+        if caller.user_id != owner and not caller.has_any(ADMINS):
+            return self.json({"error": "you can only read your own notifications"}, status=403)
+        unread_only = request.query.get("unread", "false").lower() == "true"
+        async with (await resources.pool()).acquire() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT id, event_type, channel, title, body, data, read_at, created_at
+                  FROM notifications
+                 WHERE user_id = $1 AND (NOT $2 OR read_at IS NULL)
+                   AND ($3::timestamptz IS NULL OR created_at < $3)
+                 ORDER BY created_at DESC, id DESC
+                 LIMIT $4
+                """,
+                owner,
+                unread_only,
+                before,
+                limit,
+            )
+            unread = await conn.fetchval(
+                "SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL", owner
+            )
+        items = [
+            {
+                **{k: row[k] for k in ("event_type", "channel", "title", "body", "data")},
+                "id": str(row["id"]),
+                "read_at": row["read_at"].isoformat() if row["read_at"] else None,
+                "created_at": row["created_at"].isoformat(),
+            }
+            for row in rows
+        ]
+        return self.json({"unread": unread, "items": items})
+
+
+@faust_app.page("/notifications/{notification_id}/read")
+class MarkRead(View):
+    async def post(self, request: Request, notification_id: str) -> Response:
+        try:
+            caller = authenticate(request.headers.get("Authorization"), settings, ANY_USER)
+            parsed = UUID(notification_id)
+        except AuthError as exc:
+            return self.json({"error": str(exc)}, status=exc.status)
+        except ValueError:
+            return self.json({"error": "notification id must be a UUID"}, status=400)
+        async with (await resources.pool()).acquire() as conn:
+            row = await conn.fetchrow(
+                """
+                UPDATE notifications SET read_at = coalesce(read_at, now())
+                 WHERE id = $1 AND user_id = $2
+                RETURNING read_at
+                """,
+                parsed,
+                caller.user_id,
+            )
+        if row is None:  # unknown, or someone else's: do not say which
+            return self.json({"error": f"no notification {notification_id} for you"}, status=404)
+        return self.json({"id": notification_id, "read_at": row["read_at"].isoformat()})
