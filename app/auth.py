@@ -6,13 +6,16 @@ secret, or RS256 with its public key) and read the user id (`sub`) and `roles`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import wraps
+from typing import Any
 from uuid import UUID
 
 import jwt
 
-from app.config import Settings
+from app.config import Settings, get_settings
 from models import Role
 
 
@@ -69,3 +72,23 @@ def issue_token(secret: str, user_id: UUID, roles: list[Role], ttl: timedelta = 
     now = datetime.now(UTC)
     claims = {"sub": str(user_id), "roles": [r.value for r in roles], "iat": now, "exp": now + ttl}
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+ViewMethod = Callable[..., Awaitable[Any]]
+
+
+def authenticated(allowed: frozenset[Role]) -> Callable[[ViewMethod], ViewMethod]:
+    """Decorate a Faust view method: it receives the `caller`, or the client gets 401/403 JSON."""
+
+    def decorate(method: ViewMethod) -> ViewMethod:
+        @wraps(method)
+        async def checked(view: Any, request: Any, **path: Any) -> Any:
+            try:
+                caller = authenticate(request.headers.get("Authorization"), get_settings(), allowed)
+            except AuthError as exc:
+                return view.json({"error": str(exc)}, status=exc.status)
+            return await method(view, request, caller, **path)
+
+        return checked
+
+    return decorate

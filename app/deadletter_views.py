@@ -21,9 +21,9 @@ from uuid import UUID
 from faust.web import Request, Response, View
 
 from app import deadletters
-from app.auth import ADMINS, AuthError, Caller, authenticate
+from app.auth import ADMINS, Caller, authenticated
 from app.dispatch import submit
-from app.faust_app import faust_app, settings
+from app.faust_app import faust_app
 from app.resources import resources
 from app.retry import dead_letter_topic
 from models import Flow
@@ -60,12 +60,9 @@ Handler = Callable[..., Awaitable[Response]]
 def admin_queue(handler: Handler) -> Handler:
     """Authenticate an admin and resolve the `{queue}` path part before the handler runs."""
 
+    @authenticated(ADMINS)
     @wraps(handler)
-    async def checked(self: View, request: Request, queue: str, **path: str) -> Response:
-        try:
-            caller = authenticate(request.headers.get("Authorization"), settings, ADMINS)
-        except AuthError as exc:
-            return self.json({"error": str(exc)}, status=exc.status)
+    async def checked(self: View, request: Request, caller: Caller, queue: str, **path: str) -> Response:
         try:
             flow = Flow(queue)
         except ValueError:

@@ -11,21 +11,19 @@ from uuid import UUID
 
 from faust.web import Request, Response, View
 
-from app.auth import ADMINS, ANY_USER, AuthError, authenticate
-from app.faust_app import faust_app, settings
+from app.auth import ADMINS, ANY_USER, Caller, authenticated
+from app.faust_app import faust_app
 from app.resources import resources
 
 
 @faust_app.page("/users/{user_id}/notifications")
 class UserNotifications(View):
-    async def get(self, request: Request, user_id: str) -> Response:
+    @authenticated(ANY_USER)
+    async def get(self, request: Request, caller: Caller, user_id: str) -> Response:
         try:
-            caller = authenticate(request.headers.get("Authorization"), settings, ANY_USER)
             owner = UUID(user_id)
             limit = max(1, min(int(request.query.get("limit", "50")), 200))
             before = datetime.fromisoformat(request.query["before"]) if "before" in request.query else None
-        except AuthError as exc:
-            return self.json({"error": str(exc)}, status=exc.status)
         except ValueError as exc:
             return self.json({"error": f"bad user id, limit or before: {exc}"}, status=400)
         if caller.user_id != owner and not caller.has_any(ADMINS):
@@ -63,12 +61,10 @@ class UserNotifications(View):
 
 @faust_app.page("/notifications/{notification_id}/read")
 class MarkRead(View):
-    async def post(self, request: Request, notification_id: str) -> Response:
+    @authenticated(ANY_USER)
+    async def post(self, request: Request, caller: Caller, notification_id: str) -> Response:
         try:
-            caller = authenticate(request.headers.get("Authorization"), settings, ANY_USER)
             parsed = UUID(notification_id)
-        except AuthError as exc:
-            return self.json({"error": str(exc)}, status=exc.status)
         except ValueError:
             return self.json({"error": "notification id must be a UUID"}, status=400)
         async with (await resources.pool()).acquire() as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 from uuid import UUID
@@ -89,20 +90,27 @@ def envelope_for(payload: JobPayload, caller: Caller, options: dict[str, Any]) -
     )
 
 
+@dataclass(frozen=True)
+class IntakeRequest:
+    """What an endpoint builds its job from: the caller, the body, path parts, envelope options."""
+
+    conn: asyncpg.Connection
+    caller: Caller
+    body: dict[str, Any]
+    path: dict[str, str]
+    options: dict[str, Any]
+
+    def envelope(self, payload: JobPayload) -> JobEnvelope:
+        return envelope_for(payload, self.caller, self.options)
+
+
 class IntakeView(View):
     """One POST endpoint: subclasses name who may call it and how to build the job."""
 
     allowed: frozenset[Role] = ANY_USER
     endpoint: str = ""
 
-    async def build(
-        self,
-        conn: asyncpg.Connection,
-        caller: Caller,
-        body: dict[str, Any],
-        path: dict[str, str],
-        options: dict[str, Any],
-    ) -> JobEnvelope:
+    async def build(self, req: IntakeRequest) -> JobEnvelope:
         raise NotImplementedError
 
     async def read_body(self, request: Request) -> dict[str, Any]:
@@ -119,7 +127,7 @@ class IntakeView(View):
             body = await self.read_body(request)
             options = {key: body.pop(key) for key in ENVELOPE_OPTIONS if key in body}
             async with (await resources.pool()).acquire() as conn:
-                envelope = await self.build(conn, caller, body, path, options)
+                envelope = await self.build(IntakeRequest(conn, caller, body, path, options))
                 created = await submit(conn, envelope)
         except AuthError as exc:
             return exc.status, {"error": str(exc)}
@@ -152,22 +160,17 @@ class PublishPolicy(IntakeView):
     allowed = ADMINS
     endpoint = "publish_policy"
 
-    async def build(
-        self,
-        conn: asyncpg.Connection,
-        caller: Caller,
-        body: dict[str, Any],
-        path: dict[str, str],
-        options: dict[str, Any],
-    ) -> JobEnvelope:
-        policy = await require_row(conn, "policies", _uuid(path["policy_id"], "policy"))
+    async def build(self, req: IntakeRequest) -> JobEnvelope:
+        policy = await require_row(req.conn, "policies", _uuid(req.path["policy_id"], "policy"))
         targets = {
             "policy_version": policy["version"],
             "target_roles": list(policy["target_roles"]),
             "target_business_unit_ids": [str(u) for u in policy["target_business_unit_ids"]],
         }
-        payload = DistributePolicyPayload.model_validate({**targets, **body, "policy_id": str(policy["id"])})
-        return envelope_for(payload, caller, options)
+        payload = DistributePolicyPayload.model_validate(
+            {**targets, **req.body, "policy_id": str(policy["id"])}
+        )
+        return req.envelope(payload)
 
 
 @faust_app.page("/reports/generate")
@@ -175,18 +178,11 @@ class GenerateReport(IntakeView):
     allowed = ANY_USER
     endpoint = "generate_report"
 
-    async def build(
-        self,
-        conn: asyncpg.Connection,
-        caller: Caller,
-        body: dict[str, Any],
-        path: dict[str, str],
-        options: dict[str, Any],
-    ) -> JobEnvelope:
-        payload = GenerateReportPayload.model_validate(body)
-        await require_row(conn, "frameworks", payload.framework_id)
-        envelope = envelope_for(payload, caller, options)
-        await conn.execute(
+    async def build(self, req: IntakeRequest) -> JobEnvelope:
+        payload = GenerateReportPayload.model_validate(req.body)
+        await require_row(req.conn, "frameworks", payload.framework_id)
+        envelope = req.envelope(payload)
+        await req.conn.execute(
             """
             INSERT INTO reports (id, report_type, format, status, parameters, requested_by, job_id)
             VALUES ($1, $2, $3, 'QUEUED', $4, $5, $6) ON CONFLICT (id) DO NOTHING
@@ -195,7 +191,7 @@ class GenerateReport(IntakeView):
             payload.report_type.value,
             payload.format.value,
             payload.model_dump(mode="json"),
-            caller.user_id,
+            req.caller.user_id,
             envelope.job_id,
         )
         return envelope
@@ -206,17 +202,10 @@ class ScheduleAssessment(IntakeView):
     allowed = ADMINS
     endpoint = "schedule_assessment"
 
-    async def build(
-        self,
-        conn: asyncpg.Connection,
-        caller: Caller,
-        body: dict[str, Any],
-        path: dict[str, str],
-        options: dict[str, Any],
-    ) -> JobEnvelope:
-        payload = ScheduleAssessmentPayload.model_validate(body)
-        await require_row(conn, "frameworks", payload.framework_id)
-        return envelope_for(payload, caller, options)
+    async def build(self, req: IntakeRequest) -> JobEnvelope:
+        payload = ScheduleAssessmentPayload.model_validate(req.body)
+        await require_row(req.conn, "frameworks", payload.framework_id)
+        return req.envelope(payload)
 
 
 @faust_app.page("/audit/packages/generate")
@@ -224,25 +213,18 @@ class GenerateAuditPackage(IntakeView):
     allowed = ADMINS
     endpoint = "generate_audit_package"
 
-    async def build(
-        self,
-        conn: asyncpg.Connection,
-        caller: Caller,
-        body: dict[str, Any],
-        path: dict[str, str],
-        options: dict[str, Any],
-    ) -> JobEnvelope:
-        payload = GenerateAuditPackagePayload.model_validate(body)
-        await require_row(conn, "frameworks", payload.framework_id)
-        envelope = envelope_for(payload, caller, options)
-        await conn.execute(
+    async def build(self, req: IntakeRequest) -> JobEnvelope:
+        payload = GenerateAuditPackagePayload.model_validate(req.body)
+        await require_row(req.conn, "frameworks", payload.framework_id)
+        envelope = req.envelope(payload)
+        await req.conn.execute(
             """
             INSERT INTO audit_packages (id, framework_id, status, requested_by, job_id)
             VALUES ($1, $2, 'QUEUED', $3, $4) ON CONFLICT (id) DO NOTHING
             """,
             payload.audit_package_id,
             payload.framework_id,
-            caller.user_id,
+            req.caller.user_id,
             envelope.job_id,
         )
         return envelope
@@ -253,15 +235,8 @@ class ExportData(IntakeView):
     allowed = ANY_USER
     endpoint = "export_data"
 
-    async def build(
-        self,
-        conn: asyncpg.Connection,
-        caller: Caller,
-        body: dict[str, Any],
-        path: dict[str, str],
-        options: dict[str, Any],
-    ) -> JobEnvelope:
-        return envelope_for(ExportDataPayload.model_validate(body), caller, options)
+    async def build(self, req: IntakeRequest) -> JobEnvelope:
+        return req.envelope(ExportDataPayload.model_validate(req.body))
 
 
 @faust_app.page("/imports")
@@ -291,23 +266,17 @@ class ImportControls(IntakeView):
             raise BadRequest("multipart request needs a 'file' part")
         return body
 
-    async def build(
-        self,
-        conn: asyncpg.Connection,
-        caller: Caller,
-        body: dict[str, Any],
-        path: dict[str, str],
-        options: dict[str, Any],
-    ) -> JobEnvelope:
+    async def build(self, req: IntakeRequest) -> JobEnvelope:
+        body = req.body
         upload = body.pop("_upload", None)
         storage = await resources.storage()
         if upload is not None:
             name, data = upload
-            body["s3_key"] = object_key("imports", f"{caller.user_id}-{name}")
+            body["s3_key"] = object_key("imports", f"{req.caller.user_id}-{name}")
             payload = ImportControlsPayload.model_validate_strings(body)
             await storage.put(payload.s3_key, data, "application/octet-stream")
         else:
             payload = ImportControlsPayload.model_validate(body)
             if not await storage.exists(payload.s3_key):
                 raise NotFoundError(f"no object {payload.s3_key} in bucket {storage.bucket}")
-        return envelope_for(payload, caller, options)
+        return req.envelope(payload)

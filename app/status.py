@@ -15,7 +15,7 @@ from uuid import UUID
 from faust.web import Request, Response, View
 
 from app import jobstore
-from app.auth import ANY_USER, AuthError, authenticate
+from app.auth import ANY_USER, Caller, authenticated
 from app.faust_app import faust_app, settings
 from app.resources import resources
 from models import JOB_EVENTS_TOPIC, JobEvent, JobStatus, apply_event
@@ -65,11 +65,8 @@ async def fold_job_events(stream: Any) -> None:
 @faust_app.page("/jobs/{job_id}")
 class JobStatusView(View):
     @faust_app.table_route(table=status_table, match_info="job_id")
-    async def get(self, request: Request, job_id: str) -> Response:
-        try:
-            authenticate(request.headers.get("Authorization"), settings, ANY_USER)
-        except AuthError as exc:
-            return self.json({"error": str(exc)}, status=exc.status)
+    @authenticated(ANY_USER)
+    async def get(self, request: Request, caller: Caller, job_id: str) -> Response:
         try:
             parsed = UUID(job_id)
         except ValueError:
@@ -88,11 +85,8 @@ class JobStatusView(View):
 class JobListView(View):
     """Jobs from PostgreSQL, newest first: works for any job, long after topic retention."""
 
-    async def get(self, request: Request) -> Response:
-        try:
-            authenticate(request.headers.get("Authorization"), settings, ANY_USER)
-        except AuthError as exc:
-            return self.json({"error": str(exc)}, status=exc.status)
+    @authenticated(ANY_USER)
+    async def get(self, request: Request, caller: Caller) -> Response:
         try:
             limit = min(max(int(request.query.get("limit", "50")), 1), 500)
         except ValueError:
