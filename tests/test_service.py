@@ -178,6 +178,10 @@ async def test_intake_authenticates_validates_and_produces_only_accepted_jobs(se
     assert status == 404
     status, body = await api("POST", url, token=service.admin_token, json={"job_id": "nope"})
     assert status == 422 and body["fields"][0]["field"] == "job_id"
+    too_many = [str(uuid4()) for _ in range(1001)]  # explicit lists are capped; audiences use selectors
+    status, body = await api("POST", url, token=service.admin_token, json={"recipient_user_ids": too_many})
+    assert status == 422 and body["fields"][0]["field"] == "recipient_user_ids"
+    assert "1000" in body["fields"][0]["message"]
     async with service.db() as conn:
         assert await conn.fetchval("SELECT count(*) FROM jobs") == jobs_before
 
