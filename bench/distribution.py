@@ -24,8 +24,7 @@ from app.db import connect
 from app.devstack import start_stack
 from app.seed import seed_bulk_users
 from models import DistributePolicyPayload, JobEnvelope
-from tests.service import create_policy, prepare_service
-from tests.test_service import produce_raw
+from tests.service import create_policy, prepare_service, produce_raw
 
 
 def result(name: str, value: float, unit: str) -> None:

@@ -11,13 +11,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+from aiokafka import AIOKafkaProducer
 
 from app.auth import issue_token
 from app.config import get_settings
 from app.db import connect, migrate
 from app.seed import DemoOrg, seed_demo_org
 from app.topics import ensure_topics
-from models import Role
+from models import JobEnvelope, Role
 from tests.workers import WorkerProcess
 
 JWT_SECRET = "integration-test-secret-of-32-bytes-or-more"
@@ -120,3 +121,23 @@ async def counts(conn: asyncpg.Connection, policy_id: UUID) -> dict[str, Any]:
         policy_id,
     )
     return dict(row)
+
+
+async def produce_raw(bootstrap: str, topic: str, key: bytes | None, value: bytes) -> None:
+    """A plain aiokafka producer, as an upstream team without our client would use."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def produce_job(service: Service, envelope: JobEnvelope) -> None:
+    """Publish an envelope on its flow topic, keyed by job id, with a plain Kafka client."""
+    await produce_raw(
+        service.env["KAFKA_BOOTSTRAP_SERVERS"],
+        envelope.topic,
+        str(envelope.job_id).encode(),
+        envelope.model_dump_json().encode(),
+    )

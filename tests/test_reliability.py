@@ -35,8 +35,8 @@ from models import (
     Role,
     SendNotificationPayload,
 )
-from tests.service import JWT_SECRET, Service, create_policy, prepare_service
-from tests.test_service import distribution_envelope, produce_raw
+from tests.service import JWT_SECRET, Service, create_policy, prepare_service, produce_job, produce_raw
+from tests.test_service import distribution_envelope
 from tests.workers import GOVERNANCE, api, free_port, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -106,15 +106,6 @@ async def successful_runs(service: Service, counter: str, failures: int, policy_
     return (await runs(service, counter) - failures) / rows
 
 
-async def submit(service: Service, envelope: JobEnvelope) -> None:
-    await produce_raw(
-        service.env["KAFKA_BOOTSTRAP_SERVERS"],
-        envelope.topic,
-        str(envelope.job_id).encode(),
-        envelope.model_dump_json().encode(),
-    )
-
-
 async def dead_letters_on(service: Service, topic: str) -> list[dict]:
     consumer = AIOKafkaConsumer(bootstrap_servers=service.env["KAFKA_BOOTSTRAP_SERVERS"])
     await consumer.start()
@@ -131,7 +122,7 @@ async def dead_letters_on(service: Service, topic: str) -> list[dict]:
 async def test_each_retry_tier_fires_within_ten_percent_of_its_delay(service: Service) -> None:
     policy_id, counter = await failing_policy(service, failures=3)
     envelope = distribution_envelope(policy_id, [service.org.business_unit_ids[0]])
-    await submit(service, envelope)
+    await produce_job(service, envelope)
     done = await wait_for_job(service.url, str(envelope.job_id), service.admin_token, timeout=60)
     assert done["attempt"] == 4
     async with service.db() as conn:
@@ -151,7 +142,7 @@ async def test_each_retry_tier_fires_within_ten_percent_of_its_delay(service: Se
 async def test_exhausted_retries_end_in_the_dead_letter_topic(service: Service) -> None:
     policy_id, counter = await failing_policy(service, failures=1000)
     envelope = distribution_envelope(policy_id, [service.org.business_unit_ids[0]])
-    await submit(service, envelope)
+    await produce_job(service, envelope)
     dead = await wait_for_job(service.url, str(envelope.job_id), service.admin_token, ("DEAD",), timeout=60)
     assert dead["attempt"] == 4 and "injected failure" in dead["error"]["message"]
     assert await runs(service, counter) == 4
@@ -169,7 +160,7 @@ async def test_exhausted_retries_end_in_the_dead_letter_topic(service: Service) 
 
 async def test_a_non_retryable_error_goes_straight_to_the_dead_letter_topic(service: Service) -> None:
     envelope = distribution_envelope(uuid4(), [service.org.business_unit_ids[0]])  # no such policy
-    await submit(service, envelope)
+    await produce_job(service, envelope)
     dead = await wait_for_job(service.url, str(envelope.job_id), service.admin_token, ("DEAD",))
     assert dead["attempt"] == 1 and dead["error"]["type"] == "NotFoundError"
     async with service.db() as conn:
@@ -213,7 +204,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_agent_keeps_s
     async with service.db() as conn:
         policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
     good = distribution_envelope(policy_id, units)
-    await submit(service, good)
+    await produce_job(service, good)
     await wait_for_job(service.url, str(good.job_id), service.admin_token)
     letters = [
         letter
@@ -230,7 +221,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_agent_keeps_s
 async def test_a_worker_killed_while_a_retry_waits_retries_it_exactly_once(service: Service) -> None:
     policy_id, counter = await failing_policy(service, failures=3)
     envelope = distribution_envelope(policy_id, [service.org.business_unit_ids[0]])
-    await submit(service, envelope)
+    await produce_job(service, envelope)
     worker = service.workers[0]
     # Attempt 3 fails and waits 3 s in the 3s tier. Kill the worker during that wait, after the
     # commit interval (1 s) has committed attempt 3's own message, so only the wait is lost.
@@ -256,7 +247,7 @@ async def test_a_worker_killed_while_a_retry_waits_retries_it_exactly_once(servi
 async def test_dead_letters_are_managed_over_http_with_admin_rights(service: Service) -> None:
     envelopes = [distribution_envelope(uuid4(), [service.org.business_unit_ids[0]]) for _ in range(3)]
     for envelope in envelopes:
-        await submit(service, envelope)
+        await produce_job(service, envelope)
     for envelope in envelopes:
         await wait_for_job(service.url, str(envelope.job_id), service.admin_token, ("DEAD",))
     base = f"{service.url}/dlq/policy"
@@ -309,7 +300,7 @@ async def test_dead_letters_are_managed_over_http_with_admin_rights(service: Ser
 
 async def test_the_dlq_cli_lists_and_replays(service: Service) -> None:
     envelope = distribution_envelope(uuid4(), [service.org.business_unit_ids[0]])
-    await submit(service, envelope)
+    await produce_job(service, envelope)
     await wait_for_job(service.url, str(envelope.job_id), service.admin_token, ("DEAD",))
     env = {**os.environ, **service.env}
 
@@ -350,7 +341,7 @@ async def test_no_credential_appears_in_a_dead_letter(service: Service) -> None:
         credentials=encrypt_secret(json.dumps({"username": "svc", "password": secret}), PAYLOAD_KEY),
     )
     envelope = JobEnvelope.for_payload(payload)
-    await submit(service, envelope)
+    await produce_job(service, envelope)
     dead = await wait_for_job(service.url, str(envelope.job_id), service.admin_token, ("DEAD",))
     letters = await dead_letters_on(service, "governance.evidence.dlq")
     raw = json.dumps(letters)
@@ -394,7 +385,7 @@ async def test_a_rate_limited_job_waits_for_retry_after_without_using_attempts(s
             idempotency_key=f"REPORT_READY:{uuid4()}",
         )
         envelope = JobEnvelope.for_payload(payload)
-        await submit(service, envelope)
+        await produce_job(service, envelope)
         done = await wait_for_job(service.url, str(envelope.job_id), service.admin_token, timeout=60)
     finally:
         await runner.cleanup()
@@ -420,7 +411,7 @@ async def test_a_job_is_not_run_before_its_not_before_time(service: Service) -> 
     due = datetime.now(UTC) + timedelta(seconds=2.5)
     payload = distribution_envelope(policy_id, units).payload
     envelope = JobEnvelope.for_payload(payload, not_before=due)
-    await submit(service, envelope)
+    await produce_job(service, envelope)
     done = await wait_for_job(service.url, str(envelope.job_id), service.admin_token, timeout=30)
     async with service.db() as conn:
         started = await conn.fetchval(

@@ -11,14 +11,22 @@ from uuid import UUID, uuid4
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.auth import issue_token
 from app.config import get_settings
 from app.seed import seed_bulk_users
 from app.storage import object_key, open_storage
 from models import DistributePolicyPayload, JobEnvelope, Role
-from tests.service import JWT_SECRET, Service, counts, create_policy, prepare_service
+from tests.service import (
+    JWT_SECRET,
+    Service,
+    counts,
+    create_policy,
+    prepare_service,
+    produce_job,
+    produce_raw,
+)
 from tests.workers import GOVERNANCE, api, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -41,27 +49,12 @@ def distribution_envelope(policy_id: UUID, units: list[UUID], job_id: UUID | Non
     return JobEnvelope.for_payload(payload, job_id=job_id)
 
 
-async def produce_raw(bootstrap: str, topic: str, key: bytes | None, value: bytes) -> None:
-    """A plain aiokafka producer, as an upstream team without our client would use."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, value=value, key=key)
-    finally:
-        await producer.stop()
-
-
 async def test_job_from_a_plain_kafka_client_is_processed(service: Service) -> None:
     units = list(service.org.business_unit_ids[:2])
     async with service.db() as conn:
         policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
     envelope = distribution_envelope(policy_id, units)
-    await produce_raw(
-        service.env["KAFKA_BOOTSTRAP_SERVERS"],
-        "governance.policy",
-        str(envelope.job_id).encode(),
-        envelope.model_dump_json().encode(),
-    )
+    await produce_job(service, envelope)
     status = await wait_for_job(service.url, str(envelope.job_id), service.admin_token)
     expected = len(service.org.targeted_user_ids)
     assert status["result"]["recipients"] == expected
@@ -119,9 +112,7 @@ async def test_malformed_messages_are_recorded_and_the_agent_keeps_going(service
     async with service.db() as conn:
         policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
     good = distribution_envelope(policy_id, units)
-    await produce_raw(
-        bootstrap, "governance.policy", str(good.job_id).encode(), good.model_dump_json().encode()
-    )
+    await produce_job(service, good)
     await wait_for_job(service.url, str(good.job_id), service.admin_token)
 
     bad_schema = await wait_for_job(service.url, str(bad_schema_id), service.admin_token, ("DEAD",))
@@ -219,15 +210,9 @@ async def test_status_is_answered_by_a_worker_that_does_not_own_the_job(service:
         units = [service.org.business_unit_ids[2]]
         async with service.db() as conn:
             policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
-        bootstrap = service.env["KAFKA_BOOTSTRAP_SERVERS"]
         envelopes = [distribution_envelope(policy_id, units) for _ in range(8)]
         for envelope in envelopes:
-            await produce_raw(
-                bootstrap,
-                "governance.policy",
-                str(envelope.job_id).encode(),
-                envelope.model_dump_json().encode(),
-            )
+            await produce_job(service, envelope)
         for envelope in envelopes:
             for worker in (service.workers[0], second):
                 answer = await wait_for_job(worker.url, str(envelope.job_id), service.admin_token)
@@ -261,12 +246,7 @@ async def test_sigterm_lets_a_running_job_finish(service: Service) -> None:
         policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=[unit])
     envelope = distribution_envelope(policy_id, [unit])
     worker = service.workers[0]
-    await produce_raw(
-        service.env["KAFKA_BOOTSTRAP_SERVERS"],
-        "governance.policy",
-        str(envelope.job_id).encode(),
-        envelope.model_dump_json().encode(),
-    )
+    await produce_job(service, envelope)
     await wait_for_job(worker.url, str(envelope.job_id), service.admin_token, ("ACTIVE",))
     worker.signal(signal.SIGTERM)
     assert await worker.wait_exit(timeout=120) == 0
@@ -431,12 +411,7 @@ async def test_recipients_read_their_in_app_notifications(service: Service) -> N
             list(service.org.user_ids),
         )
     envelope = distribution_envelope(policy_id, units)
-    await produce_raw(
-        service.env["KAFKA_BOOTSTRAP_SERVERS"],
-        "governance.policy",
-        str(envelope.job_id).encode(),
-        envelope.model_dump_json().encode(),
-    )
+    await produce_job(service, envelope)
     await wait_for_job(service.url, str(envelope.job_id), service.admin_token)
     token = issue_token(JWT_SECRET, reader, [Role.USER])
     inbox = f"{service.url}/users/{reader}/notifications?unread=true"
