@@ -77,19 +77,6 @@ async def require_row(conn: asyncpg.Connection, table: str, entity_id: Any) -> a
     return row
 
 
-def envelope_for(payload: JobPayload, caller: Caller, options: dict[str, Any]) -> JobEnvelope:
-    """The caller's envelope options (job_id, correlation_id, priority) are validated with
-    the envelope, so a bad one gets a field-level 422 like any payload field."""
-    return JobEnvelope.model_validate(
-        {
-            "job_type": payload.job_type.value,
-            "payload": payload.model_dump(mode="json"),
-            "requested_by": str(caller.user_id),
-            **options,
-        }
-    )
-
-
 @dataclass(frozen=True)
 class IntakeRequest:
     """What an endpoint builds its job from: the caller, the body, path parts, envelope options."""
@@ -101,7 +88,16 @@ class IntakeRequest:
     options: dict[str, Any]
 
     def envelope(self, payload: JobPayload) -> JobEnvelope:
-        return envelope_for(payload, self.caller, self.options)
+        """The caller's envelope options (job_id, correlation_id, priority) are validated with
+        the envelope, so a bad one gets a field-level 422 like any payload field."""
+        return JobEnvelope.model_validate(
+            {
+                "job_type": payload.job_type.value,
+                "payload": payload.model_dump(mode="json"),
+                "requested_by": str(self.caller.user_id),
+                **self.options,
+            }
+        )
 
 
 class IntakeView(View):

@@ -18,13 +18,6 @@ from models import JobEnvelope, JobState
 TERMINAL = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.DEAD.value)
 
 
-_INSERT_JOB = """
-    INSERT INTO jobs (id, job_type, flow, status, attempt, max_attempts, payload,
-                      requested_by, correlation_id, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
-"""
-
-
 def _job_values(envelope: JobEnvelope, status: JobState) -> tuple[Any, ...]:
     return (
         envelope.job_id,
@@ -81,8 +74,10 @@ async def claim(conn: asyncpg.Connection, envelope: JobEnvelope, worker: str) ->
     has started (a duplicate or stale delivery)."""
     async with conn.transaction():
         row = await conn.fetchrow(
-            _INSERT_JOB
-            + """
+            """
+            INSERT INTO jobs (id, job_type, flow, status, attempt, max_attempts, payload,
+                              requested_by, correlation_id, created_at, updated_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
             ON CONFLICT (id) DO UPDATE
                SET status = 'ACTIVE', attempt = EXCLUDED.attempt, updated_at = now()
              WHERE jobs.status <> ALL($11::text[]) AND jobs.attempt <= EXCLUDED.attempt

@@ -46,7 +46,7 @@ async def _database() -> None:
 
 
 async def _storage() -> None:
-    await (await resources.storage()).ensure_bucket()
+    await (await resources.storage()).check()
 
 
 async def _kafka() -> None:

@@ -240,7 +240,7 @@ async def run_message(spec: FlowSpec, event: Any, *, tier: float | None) -> None
     if (wait := seconds_until(envelope.not_before)) > 0:
         await park(spec.flow, envelope, delivery, wait)
         return
-    await run_until_recorded(spec, envelope, delivery)
+    await until_recorded(lambda: run_job(spec, envelope, delivery), envelope.job_id)
 
 
 def seconds_until(moment: datetime | None) -> float:
@@ -262,15 +262,15 @@ async def wait_until_due(not_before: datetime | None) -> bool:
     return True
 
 
-async def run_until_recorded(spec: FlowSpec, envelope: JobEnvelope, delivery: Delivery) -> None:
+async def until_recorded(record: Callable[[], Awaitable[None]], job_id: UUID) -> None:
+    """Run `record` until it succeeds. Returning early would let Faust ack a message whose
+    outcome is nowhere (database or broker down); the job id makes every rerun safe."""
     while True:
         try:
-            await run_job(spec, envelope, delivery)
+            await record()
             return
         except Exception:
-            # Recording the outcome failed (database or broker down). Leaving would ack the
-            # message, so hold it and try again; the job id makes the rerun safe.
-            log.exception("recording job outcome failed; retrying", extra={"job_id": str(envelope.job_id)})
+            log.exception("recording a job's outcome failed; retrying", extra={"job_id": str(job_id)})
             await asyncio.sleep(1)
 
 
@@ -451,25 +451,18 @@ async def reject_message(flow: Flow, delivery: Delivery, raw: bytes | None, exc:
     error = {"type": "InvalidJobError", "message": str(exc), "retryable": False}
     log.warning("message rejected", extra={"job_id": str(job_id), "topic": delivery.topic, "error": error})
     metrics.JOBS_FAILED.labels(flow.value, job_type, "InvalidJobError").inc()
-    while True:
-        try:
-            await send_dead_letter(flow, delivery, None, raw, error, 0)
-            async with (await resources.pool()).acquire() as conn:
-                await jobstore.record_rejected(conn, job_id, job_type, flow.value, raw, error)
-            await publish_event(
-                JobEvent(
-                    job_id=job_id,
-                    job_type=None,
-                    state=JobState.DEAD,
-                    attempt=1,
-                    error=error,
-                    worker=WORKER_NAME,
-                )
+
+    async def record() -> None:
+        await send_dead_letter(flow, delivery, None, raw, error, 0)
+        async with (await resources.pool()).acquire() as conn:
+            await jobstore.record_rejected(conn, job_id, job_type, flow.value, raw, error)
+        await publish_event(
+            JobEvent(
+                job_id=job_id, job_type=None, state=JobState.DEAD, attempt=1, error=error, worker=WORKER_NAME
             )
-            return
-        except Exception:
-            log.exception("recording a rejected message failed; retrying")
-            await asyncio.sleep(1)
+        )
+
+    await until_recorded(record, job_id)
 
 
 def _identify(raw: bytes, position: str) -> tuple[UUID, str]:

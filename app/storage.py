@@ -44,6 +44,10 @@ class Storage:
         except ClientError:
             await self._client.create_bucket(Bucket=self.bucket)
 
+    async def check(self) -> None:
+        """Raise unless the bucket is reachable (readiness; creating it is start-up's job)."""
+        await self._client.head_bucket(Bucket=self.bucket)
+
     async def put(self, key: str, body: bytes, content_type: str) -> None:
         await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
 

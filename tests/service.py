@@ -18,7 +18,7 @@ from app.config import get_settings
 from app.db import connect, migrate
 from app.seed import DemoOrg, seed_demo_org
 from app.topics import ensure_topics
-from models import JobEnvelope, Role
+from models import DistributePolicyPayload, JobEnvelope, Role
 from tests.workers import WorkerProcess
 
 JWT_SECRET = "integration-test-secret-of-32-bytes-or-more"
@@ -141,3 +141,18 @@ async def produce_job(service: Service, envelope: JobEnvelope) -> None:
         str(envelope.job_id).encode(),
         envelope.model_dump_json().encode(),
     )
+
+
+def distribution_envelope(policy_id: UUID, units: list[UUID], job_id: UUID | None = None) -> JobEnvelope:
+    """DISTRIBUTE_POLICY to the EMPLOYEEs of `units`."""
+    payload = DistributePolicyPayload(
+        policy_id=policy_id, policy_version=1, target_roles=["EMPLOYEE"], target_business_unit_ids=units
+    )
+    return JobEnvelope.for_payload(payload, job_id=job_id)
+
+
+async def new_distribution(service: Service, units: list[UUID], title: str = "Test policy") -> JobEnvelope:
+    """A fresh policy for the EMPLOYEEs of `units`, and the job that distributes it."""
+    async with service.db() as conn:
+        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units, title=title)
+    return distribution_envelope(policy_id, units)

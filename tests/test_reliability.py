@@ -35,8 +35,16 @@ from models import (
     Role,
     SendNotificationPayload,
 )
-from tests.service import JWT_SECRET, Service, create_policy, prepare_service, produce_job, produce_raw
-from tests.test_service import distribution_envelope
+from tests.service import (
+    JWT_SECRET,
+    Service,
+    create_policy,
+    distribution_envelope,
+    new_distribution,
+    prepare_service,
+    produce_job,
+    produce_raw,
+)
 from tests.workers import GOVERNANCE, api, free_port, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -201,9 +209,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_agent_keeps_s
         bootstrap, "governance.policy", None, b'{"pad": "' + marker.encode() + b"x" * 600_000 + b'"}'
     )
     units = [service.org.business_unit_ids[1]]
-    async with service.db() as conn:
-        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
-    good = distribution_envelope(policy_id, units)
+    good = await new_distribution(service, units)
     await produce_job(service, good)
     await wait_for_job(service.url, str(good.job_id), service.admin_token)
     letters = [

@@ -17,12 +17,14 @@ from app.auth import issue_token
 from app.config import get_settings
 from app.seed import seed_bulk_users
 from app.storage import object_key, open_storage
-from models import DistributePolicyPayload, JobEnvelope, Role
+from models import Role
 from tests.service import (
     JWT_SECRET,
     Service,
     counts,
     create_policy,
+    distribution_envelope,
+    new_distribution,
     prepare_service,
     produce_job,
     produce_raw,
@@ -42,18 +44,10 @@ async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: i
         svc.stop_all()
 
 
-def distribution_envelope(policy_id: UUID, units: list[UUID], job_id: UUID | None = None) -> JobEnvelope:
-    payload = DistributePolicyPayload(
-        policy_id=policy_id, policy_version=1, target_roles=["EMPLOYEE"], target_business_unit_ids=units
-    )
-    return JobEnvelope.for_payload(payload, job_id=job_id)
-
-
 async def test_job_from_a_plain_kafka_client_is_processed(service: Service) -> None:
     units = list(service.org.business_unit_ids[:2])
-    async with service.db() as conn:
-        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
-    envelope = distribution_envelope(policy_id, units)
+    envelope = await new_distribution(service, units)
+    policy_id = envelope.payload.policy_id
     await produce_job(service, envelope)
     status = await wait_for_job(service.url, str(envelope.job_id), service.admin_token)
     expected = len(service.org.targeted_user_ids)
@@ -109,9 +103,7 @@ async def test_malformed_messages_are_recorded_and_the_agent_keeps_going(service
     )
     # A valid job after the bad ones still runs: the agent did not stop.
     units = [service.org.business_unit_ids[0]]
-    async with service.db() as conn:
-        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
-    good = distribution_envelope(policy_id, units)
+    good = await new_distribution(service, units)
     await produce_job(service, good)
     await wait_for_job(service.url, str(good.job_id), service.admin_token)
 
@@ -127,9 +119,8 @@ async def test_malformed_messages_are_recorded_and_the_agent_keeps_going(service
 
 async def test_a_duplicate_job_id_creates_no_duplicate_rows(service: Service) -> None:
     units = list(service.org.business_unit_ids[1:3])
-    async with service.db() as conn:
-        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units)
-    envelope = distribution_envelope(policy_id, units)
+    envelope = await new_distribution(service, units)
+    policy_id = envelope.payload.policy_id
     raw = envelope.model_dump_json().encode()
     bootstrap = service.env["KAFKA_BOOTSTRAP_SERVERS"]
     await produce_raw(bootstrap, "governance.policy", str(envelope.job_id).encode(), raw)
@@ -404,13 +395,13 @@ async def test_governance_enqueue_publishes_a_job_from_a_file(service: Service, 
 async def test_recipients_read_their_in_app_notifications(service: Service) -> None:
     units = [service.org.business_unit_ids[0]]
     async with service.db() as conn:
-        policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units, title="Clean desk policy")
         reader = await conn.fetchval(
             "SELECT id FROM users WHERE business_unit_id = $1 AND id = ANY($2::uuid[]) ORDER BY id LIMIT 1",
             units[0],
             list(service.org.user_ids),
         )
-    envelope = distribution_envelope(policy_id, units)
+    envelope = await new_distribution(service, units, title="Clean desk policy")
+    policy_id = envelope.payload.policy_id
     await produce_job(service, envelope)
     await wait_for_job(service.url, str(envelope.job_id), service.admin_token)
     token = issue_token(JWT_SECRET, reader, [Role.USER])
