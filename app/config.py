@@ -74,6 +74,29 @@ class Settings:
         default_factory=lambda: tuple(UUID(u) for u in _env("ONCALL_USER_IDS", "").split(",") if u.strip())
     )
     log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO"))
+    # Outgoing mail. SMTP_STARTTLS upgrades the connection before AUTH (required when a username is
+    # set unless SMTP_STARTTLS=false is chosen explicitly for a local relay); SMTP_CA_FILE trusts a
+    # private CA. One connection per worker is reused across jobs.
+    smtp_host: str = field(default_factory=lambda: _env("SMTP_HOST", "localhost"))
+    smtp_port: int = field(default_factory=lambda: _env_int("SMTP_PORT", 587))
+    smtp_username: str = field(default_factory=lambda: _env("SMTP_USERNAME", ""))
+    smtp_password: str = field(default_factory=lambda: _env("SMTP_PASSWORD", ""))
+    smtp_starttls: bool = field(default_factory=lambda: _env("SMTP_STARTTLS", "true").lower() != "false")
+    smtp_ca_file: str = field(default_factory=lambda: _env("SMTP_CA_FILE", ""))
+    smtp_sender: str = field(default_factory=lambda: _env("SMTP_SENDER", "GRC Platform <grc@localhost>"))
+    # Deployment-wide limits, shared by every pod through PostgreSQL (app.ratelimit).
+    notification_rate_per_second: float = field(
+        default_factory=lambda: _env_float("NOTIFICATION_RATE_PER_SECOND", 100.0)
+    )
+    email_rate_per_second: float = field(default_factory=lambda: _env_float("EMAIL_RATE_PER_SECOND", 50.0))
+    # Where a policy distribution with the WEBHOOK channel posts (comma-separated URLs).
+    policy_webhook_urls: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            u.strip() for u in _env("POLICY_WEBHOOK_URLS", "").split(",") if u.strip()
+        )
+    )
+    # Links in notifications point here, e.g. {portal_url}/policies/<id>.
+    portal_url: str = field(default_factory=lambda: _env("PORTAL_URL", "http://localhost:3000"))
 
     @property
     def node_url(self) -> str:

@@ -37,19 +37,27 @@ async def submit(conn: asyncpg.Connection, envelope: JobEnvelope) -> bool:
 
 
 async def submit_many(conn: asyncpg.Connection, envelopes: Sequence[JobEnvelope]) -> int:
-    """Record jobs with one statement, then produce them and their QUEUED events concurrently.
+    """Record jobs with one statement, then produce them. Returns how many were produced."""
+    return await produce_all(await record_all(conn, envelopes))
+
+
+async def record_all(conn: asyncpg.Connection, envelopes: Sequence[JobEnvelope]) -> list[JobEnvelope]:
+    """Record QUEUED rows; returns the jobs still to be produced.
 
     A job id still QUEUED is produced again: the first attempt may have failed between the
-    row and the message, and consumers skip a job id that already ran. Returns how many
-    were produced.
+    row and the message, and consumers skip a job id that already ran.
     """
     to_produce = await jobstore.record_queued(conn, envelopes)
-    chosen = [e for e in envelopes if e.job_id in to_produce]
-    await asyncio.gather(*(produce(e) for e in chosen))
+    return [e for e in envelopes if e.job_id in to_produce]
+
+
+async def produce_all(envelopes: Sequence[JobEnvelope]) -> int:
+    """Produce jobs and their QUEUED events concurrently; returns how many."""
+    await asyncio.gather(*(produce(e) for e in envelopes))
     await asyncio.gather(
         *(
             publish_event(JobEvent.for_envelope(e, JobState.QUEUED, progress=0, message="queued"))
-            for e in chosen
+            for e in envelopes
         )
     )
-    return len(chosen)
+    return len(envelopes)

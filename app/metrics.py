@@ -63,3 +63,21 @@ DLQ_UNRESOLVED = Gauge(
     ["queue"],
     registry=REGISTRY,
 )
+POLICY_ASSIGNMENTS = Counter(
+    "governance_policy_assignments_total",
+    "Policy assignments created by distributions",
+    registry=REGISTRY,
+)
+NOTIFICATIONS_SENT = Counter(
+    "governance_notifications_sent_total",
+    "Notifications delivered (in-app rows, e-mails accepted by the server, webhook 2xx)",
+    ["channel"],
+    registry=REGISTRY,
+)
+RATE_LIMIT_WAIT = Histogram(
+    "governance_rate_limit_wait_seconds",
+    "Time spent waiting for a deployment-wide rate limit",
+    ["limit"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30),
+    registry=REGISTRY,
+)

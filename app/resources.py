@@ -13,6 +13,7 @@ import asyncpg
 
 from app.config import get_settings
 from app.db import create_pool
+from app.mailer import Mailer
 from app.storage import Storage, open_storage
 
 
@@ -20,6 +21,7 @@ class Resources:
     def __init__(self) -> None:
         self._pool: asyncpg.Pool | None = None
         self._storage: Storage | None = None
+        self._mailer: Mailer | None = None
         self._exit_stack = AsyncExitStack()
         self._lock = asyncio.Lock()
 
@@ -39,7 +41,15 @@ class Resources:
                     self._storage = storage
         return self._storage
 
+    def mailer(self) -> Mailer:
+        if self._mailer is None:
+            self._mailer = Mailer(get_settings())
+        return self._mailer
+
     async def close(self) -> None:
+        if self._mailer is not None:
+            await self._mailer.close()
+            self._mailer = None
         if self._pool is not None:
             await asyncio.wait_for(self._pool.close(), timeout=10)
             self._pool = None

@@ -31,7 +31,7 @@ from uuid import UUID, uuid5
 import asyncpg
 from pydantic import BaseModel, ValidationError
 
-from app import jobstore, metrics
+from app import jobstore, metrics, ratelimit
 from app.config import get_settings
 from app.dispatch import send, submit, submit_many
 from app.errors import InvalidJobError, JobError, RateLimitedError, UnsupportedJobError
@@ -122,17 +122,23 @@ class TimeLimit:
     def __init__(self, seconds: float, *, heartbeat: bool) -> None:
         self.seconds = seconds
         self.heartbeat = heartbeat
-        self._timeout = asyncio.timeout(seconds)
+        self._timeout: asyncio.Timeout | None = None
 
     async def __aenter__(self) -> TimeLimit:
+        self._timeout = asyncio.timeout(self.seconds)  # the clock starts when the handler does
         await self._timeout.__aenter__()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
+        assert self._timeout is not None
         return await self._timeout.__aexit__(*exc_info)
 
+    def remaining(self) -> float:
+        when = self._timeout.when() if self._timeout is not None else None
+        return self.seconds if when is None else when - asyncio.get_running_loop().time()
+
     def beat(self) -> None:
-        if self.heartbeat:
+        if self.heartbeat and self._timeout is not None:
             self._timeout.reschedule(asyncio.get_running_loop().time() + self.seconds)
 
 
@@ -152,9 +158,9 @@ class JobContext:
     def payload(self) -> Any:
         return self.envelope.payload
 
-    async def enqueue_many(self, jobs: Sequence[tuple[UUID, JobPayload]], *, conn: asyncpg.Connection) -> int:
-        """Submit follow-up jobs (id, payload) on behalf of the same requester and correlation."""
-        envelopes = [
+    def follow_ups(self, jobs: Sequence[tuple[UUID, JobPayload]]) -> list[JobEnvelope]:
+        """Envelopes for follow-up jobs (id, payload), on behalf of the same requester and correlation."""
+        return [
             JobEnvelope.for_payload(
                 payload,
                 job_id=job_id,
@@ -163,7 +169,14 @@ class JobContext:
             )
             for job_id, payload in jobs
         ]
-        return await submit_many(conn, envelopes)
+
+    async def enqueue_many(self, jobs: Sequence[tuple[UUID, JobPayload]], *, conn: asyncpg.Connection) -> int:
+        """Record and produce follow-up jobs."""
+        return await submit_many(conn, self.follow_ups(jobs))
+
+    def time_left(self) -> float:
+        """Seconds before this attempt's time limit (or heartbeat window) runs out."""
+        return self.time_limit.remaining()
 
     async def progress(self, percent: int, message: str) -> None:
         self.time_limit.beat()
@@ -185,6 +198,8 @@ class FlowSpec:
     handlers: Mapping[JobType, Handler]
     # True: the limit is a window without progress rather than a deadline for the attempt.
     heartbeat: bool = False
+    # Jobs per second this flow may start across the whole deployment (app.ratelimit); None: no limit.
+    rate_per_second: float | None = None
 
 
 def register_flow(spec: FlowSpec) -> None:
@@ -305,6 +320,8 @@ async def run_job(spec: FlowSpec, envelope: JobEnvelope, delivery: Delivery) -> 
     started = time.monotonic()
     metrics.JOBS_ACTIVE.labels(queue).inc()
     try:
+        if spec.rate_per_second:
+            await ratelimit.acquire(pool, f"queue:{queue}", spec.rate_per_second)
         handler = spec.handlers.get(envelope.job_type)
         if handler is None:
             raise UnsupportedJobError(f"no handler for {job_type} in this version")

@@ -209,9 +209,9 @@ class DistributePolicyPayload(JobPayload):
     """Send a published policy version to an audience and track acknowledgments.
 
     The audience is (users holding any of ``target_roles``, if given) AND (users in any of
-    ``target_business_unit_ids``, if given), plus ``recipient_user_ids``. At least one of the
-    three must be non-empty: a producer distributing to the policy's stored targets copies them
-    in, so the job itself records whom it addressed.
+    ``target_business_unit_ids``, if given), plus ``recipient_user_ids``, plus the members of
+    ``recipient_snapshot_id``. At least one must be given: a producer distributing to the
+    policy's stored targets copies them in, so the job itself records whom it addressed.
     """
 
     job_type: ClassVar[JobType] = JobType.DISTRIBUTE_POLICY
@@ -235,7 +235,14 @@ class DistributePolicyPayload(JobPayload):
         max_length=MAX_EXPLICIT_RECIPIENTS,
         description=(
             f"Explicit extra recipients, at most {MAX_EXPLICIT_RECIPIENTS}; "
-            "larger audiences must use target_roles / target_business_unit_ids."
+            "larger audiences must use target_roles / target_business_unit_ids or a recipient snapshot."
+        ),
+    )
+    recipient_snapshot_id: UUID | None = Field(
+        default=None,
+        description=(
+            "A recipient snapshot stored in PostgreSQL (recipient_snapshots) whose members are "
+            "recipients too: the way to address a large hand-picked audience."
         ),
     )
     channels: UniqueList[Channel] = Field(
@@ -256,9 +263,15 @@ class DistributePolicyPayload(JobPayload):
 
     @model_validator(mode="after")
     def _has_audience(self) -> Self:
-        if not (self.target_roles or self.target_business_unit_ids or self.recipient_user_ids):
+        if not (
+            self.target_roles
+            or self.target_business_unit_ids
+            or self.recipient_user_ids
+            or self.recipient_snapshot_id
+        ):
             raise ValueError(
-                "at least one of target_roles, target_business_unit_ids, recipient_user_ids is required"
+                "at least one of target_roles, target_business_unit_ids, recipient_user_ids, "
+                "recipient_snapshot_id is required"
             )
         return self
 
