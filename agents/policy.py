@@ -302,7 +302,7 @@ def webhook_payload(url: str, plan: Distribution) -> SendNotificationPayload:
         channel=Channel.WEBHOOK,
         webhook_url=url,
         template_data=plan.template_data,
-        idempotency_key=f"POLICY_PUBLISHED:{plan.policy_id}:v{plan.version}:{url}",
+        idempotency_key=f"POLICY_PUBLISHED:{plan.policy_id}:v{plan.version}:{uuid5(plan.policy_id, url)}",
     )
 
 

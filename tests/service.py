@@ -123,23 +123,26 @@ async def counts(conn: asyncpg.Connection, policy_id: UUID) -> dict[str, Any]:
     return dict(row)
 
 
-async def produce_raw(bootstrap: str, topic: str, key: bytes | None, value: bytes) -> None:
+async def produce_raw(
+    bootstrap: str, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+) -> None:
     """A plain aiokafka producer, as an upstream team without our client would use."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait(topic, value=value, key=key)
+        await producer.send_and_wait(topic, value=value, key=key, partition=partition)
     finally:
         await producer.stop()
 
 
-async def produce_job(service: Service, envelope: JobEnvelope) -> None:
+async def produce_job(service: Service, envelope: JobEnvelope, partition: int | None = None) -> None:
     """Publish an envelope on its flow topic, keyed by job id, with a plain Kafka client."""
     await produce_raw(
         service.env["KAFKA_BOOTSTRAP_SERVERS"],
         envelope.topic,
         str(envelope.job_id).encode(),
         envelope.model_dump_json().encode(),
+        partition,
     )
 
 
