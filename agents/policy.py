@@ -2,17 +2,28 @@
 
 Recipients are the active users holding one of the target roles AND belonging to one of the
 target business units (either list may be empty, meaning "any"), plus explicit recipients, plus
-the members of a recipient snapshot. They are walked in user-id order, a chunk at a time; for
-each chunk one statement inserts assignments and delivery logs (ON CONFLICT DO NOTHING), the
-chunk's SEND_NOTIFICATION jobs are recorded, and a checkpoint commits with them. A redelivered
-or retried job resumes from its checkpoint; whatever it redoes is idempotent. At the end: the
-tenant's policy webhooks, the policy's dashboard counters, and one POLICY_DISTRIBUTED audit
+the members of a recipient snapshot: each person once.
+
+The first attempt cuts the user-id space into ranges of about CHUNK_SIZE recipients and records
+them (distribution_chunks). Ranges are written PARALLELISM at a time, each in one transaction
+with one set-based statement: assignments, in-app notifications, delivery logs, all ON CONFLICT
+DO NOTHING, plus the range's e-mail SEND_NOTIFICATION jobs and its done mark. The jobs are
+produced after the commit and the range marked produced. A retried or redelivered job redoes
+only ranges not yet marked produced, so it resumes instead of starting over, and whatever it
+redoes adds nothing twice.
+
+In-app notifications are rows in our own database, so they are written here in the same
+statement, and their delivery logs are DELIVERED at once: a job per batch would add a Kafka
+round trip and an UPDATE of every delivery log. E-mail goes through SEND_NOTIFICATION batches
+(rate-limited, retried on their own); a WEBHOOK channel posts once to each of the tenant's
+policy webhooks. At the end: the policy's dashboard counters and one POLICY_DISTRIBUTED audit
 event keyed by this job's id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid5
@@ -25,6 +36,7 @@ from app.config import get_settings
 from app.dispatch import produce_all, record_all
 from app.errors import NonRetryableError, NotFoundError
 from app.runner import FlowSpec, JobContext, register_flow
+from app.templates import render
 from models import (
     Channel,
     DistributePolicyPayload,
@@ -34,13 +46,14 @@ from models import (
     SendNotificationPayload,
 )
 
-# Recipients per transaction: each chunk's rows, its notification jobs and the checkpoint commit
-# together, so a crash costs at most one chunk of redone (idempotent) work.
+# Recipients per range: each range commits on its own, so a crash costs at most the ranges in flight.
 CHUNK_SIZE = 5000
-# Recipients per SEND_NOTIFICATION job, by channel. An in-app batch is one INSERT; e-mails go one
-# by one under the SMTP rate, so a batch must fit the notification time limit.
-BATCH_SIZE = {Channel.IN_APP: 1000, Channel.EMAIL: 100}
-ZERO_UUID = UUID(int=0)
+# Ranges written at once, each on its own connection: PostgreSQL runs one statement per core.
+PARALLELISM = 2
+# Recipients per e-mail SEND_NOTIFICATION job: sent one by one under the SMTP rate limit, a batch
+# must fit the notification time limit.
+EMAIL_BATCH_SIZE = 100
+FIRST_UUID, LAST_UUID = UUID(int=0), UUID(int=(1 << 128) - 1)
 
 
 class DistributionResult(BaseModel):
@@ -49,12 +62,13 @@ class DistributionResult(BaseModel):
     recipients: int
     assignments_created: int
     delivery_logs_created: int
+    in_app_notifications_created: int
     notification_jobs: int
     chunks: int
-    resumed: int
+    attempts: int
 
 
-# $1..$4: roles, business units, explicit ids, snapshot id. Each person once (one row per user).
+# $1..$4: roles, business units, explicit ids, snapshot id.
 AUDIENCE = """
     SELECT u.id FROM users u
      WHERE u.active
@@ -67,25 +81,43 @@ AUDIENCE = """
                         WHERE m.snapshot_id = $4::uuid AND m.user_id = u.id))
 """
 
-# $5 cursor, $6 chunk size, $7 policy, $8 version, $9 due days, $10 job id, $11 per-user channels.
-WRITE_CHUNK = f"""
-    WITH chunk AS ({AUDIENCE} AND u.id > $5 ORDER BY u.id LIMIT $6),
+# $5: recipients per range. Every $5-th recipient (in id order) ends a range.
+RANGE_ENDS = f"""
+    SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n, count(*) OVER () AS total
+                      FROM ({AUDIENCE}) a) numbered
+     WHERE n % $5 = 0 AND n < total
+     ORDER BY id
+"""
+
+# $5, $6: the range (after, through]; $7 policy; $8 version; $9 due days; $10 job id;
+# $11 per-user channels; $12 in-app title; $13 in-app body; $14 in-app data; $15 idempotency key.
+WRITE_RANGE = f"""
+    WITH chunk AS ({AUDIENCE} AND u.id > $5 AND u.id <= $6),
     assigned AS (
         INSERT INTO policy_assignments (policy_id, policy_version, user_id, status, due_at, job_id)
         SELECT $7, $8, id, 'PENDING_ACKNOWLEDGMENT', now() + make_interval(days => $9), $10 FROM chunk
         ON CONFLICT ON CONSTRAINT policy_assignments_once DO NOTHING
         RETURNING 1
     ),
+    notified AS (
+        INSERT INTO notifications (user_id, event_type, channel, title, body, data, idempotency_key)
+        SELECT id, 'POLICY_PUBLISHED', 'IN_APP', $12, $13, $14, $15 || ':' || id || ':IN_APP'
+          FROM chunk WHERE 'IN_APP' = ANY($11::text[])
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING 1
+    ),
     logged AS (
         INSERT INTO delivery_logs (policy_id, policy_version, user_id, channel, status, job_id)
-        SELECT $7, $8, chunk.id, c.channel, 'QUEUED', $10
+        SELECT $7, $8, chunk.id, c.channel,
+               CASE c.channel WHEN 'IN_APP' THEN 'DELIVERED' ELSE 'QUEUED' END, $10
           FROM chunk CROSS JOIN unnest($11::text[]) AS c(channel)
         ON CONFLICT ON CONSTRAINT delivery_logs_once DO NOTHING
         RETURNING 1
     )
     SELECT coalesce((SELECT array_agg(id ORDER BY id) FROM chunk), '{{}}') AS ids,
            (SELECT count(*) FROM assigned) AS assignments,
-           (SELECT count(*) FROM logged) AS logs
+           (SELECT count(*) FROM logged) AS logs,
+           (SELECT count(*) FROM notified) AS notifications
 """
 
 
@@ -101,66 +133,77 @@ class Distribution:
     channels: list[Channel]  # per-user channels (those with delivery logs)
     template_data: dict[str, Any]
 
-    def notification_jobs(self, recipients: list[UUID]) -> list[tuple[UUID, SendNotificationPayload]]:
+    @property
+    def idempotency_key(self) -> str:
+        return f"POLICY_PUBLISHED:{self.policy_id}:v{self.version}"
+
+    def email_jobs(self, recipients: list[UUID]) -> list[tuple[UUID, SendNotificationPayload]]:
+        if Channel.EMAIL not in self.channels:
+            return []
         jobs = []
-        for channel in self.channels:
-            size = BATCH_SIZE[channel]
-            for start in range(0, len(recipients), size):
-                batch = recipients[start : start + size]
-                # The id derives from the batch itself: a redone chunk re-submits the same jobs
-                # (skipped as duplicates), and per-recipient idempotency keys stop double sends.
-                batch_id = uuid5(self.job_id, f"{channel.value}:{batch[0]}:{batch[-1]}:{len(batch)}")
-                payload = SendNotificationPayload(
-                    event_type=NotificationEventType.POLICY_PUBLISHED,
-                    channel=channel,
-                    recipient_user_ids=batch,
-                    template_data=self.template_data,
-                    idempotency_key=f"POLICY_PUBLISHED:{self.policy_id}:v{self.version}",
-                )
-                jobs.append((batch_id, payload))
+        for start in range(0, len(recipients), EMAIL_BATCH_SIZE):
+            batch = recipients[start : start + EMAIL_BATCH_SIZE]
+            # The id derives from the batch itself: a redone range re-submits the same jobs (skipped
+            # as duplicates), and per-recipient idempotency keys stop double sends.
+            batch_id = uuid5(self.job_id, f"EMAIL:{batch[0]}:{batch[-1]}:{len(batch)}")
+            payload = SendNotificationPayload(
+                event_type=NotificationEventType.POLICY_PUBLISHED,
+                channel=Channel.EMAIL,
+                recipient_user_ids=batch,
+                template_data=self.template_data,
+                idempotency_key=self.idempotency_key,
+            )
+            jobs.append((batch_id, payload))
         return jobs
+
+    def webhook_jobs(self) -> list[tuple[UUID, SendNotificationPayload]]:
+        return [
+            (
+                uuid5(self.job_id, f"WEBHOOK:{url}"),
+                SendNotificationPayload(
+                    event_type=NotificationEventType.POLICY_PUBLISHED,
+                    channel=Channel.WEBHOOK,
+                    webhook_url=url,
+                    template_data=self.template_data,
+                    idempotency_key=f"{self.idempotency_key}:{uuid5(self.policy_id, url)}",
+                ),
+            )
+            for url in get_settings().policy_webhook_urls
+        ]
 
 
 async def distribute_policy(ctx: JobContext) -> DistributionResult:
     job: DistributePolicyPayload = ctx.payload
     async with ctx.pool.acquire() as conn:
         plan = await plan_distribution(conn, ctx.job_id, job)
-        total = await conn.fetchval(f"SELECT count(*) FROM ({AUDIENCE}) a", *plan.audience)
-        checkpoint = await conn.fetchrow(
-            """
-            INSERT INTO distribution_checkpoints (job_id, policy_id, policy_version) VALUES ($1, $2, $3)
-            ON CONFLICT (job_id) DO UPDATE SET resumed = distribution_checkpoints.resumed + 1
-            RETURNING *
-            """,
-            ctx.job_id,
-            plan.policy_id,
-            plan.version,
-        )
-        resumed_at = checkpoint["recipients"]
-        await ctx.progress(
-            5, f"{total} recipients" + (f"; resuming after {resumed_at}" if resumed_at else "")
-        )
-        await walk_audience(ctx, conn, plan, checkpoint, total)
+        pending = await chunks_to_do(conn, plan)
+    await ctx.progress(5, f"{len(pending)} ranges of about {CHUNK_SIZE} recipients to write")
+    await write_ranges(ctx, plan, pending)
 
-        webhooks = [
-            (uuid5(ctx.job_id, f"WEBHOOK:{url}"), webhook_payload(url, plan))
-            for url in (get_settings().policy_webhook_urls if Channel.WEBHOOK in job.channels else ())
-        ]
+    async with ctx.pool.acquire() as conn:
+        webhooks = plan.webhook_jobs() if Channel.WEBHOOK in job.channels else []
         await ctx.enqueue_many(webhooks, conn=conn)
-        progress = await conn.fetchrow(
-            "UPDATE distribution_checkpoints SET finished_at = now(), updated_at = now()"
-            " WHERE job_id = $1 RETURNING *",
+        totals = await conn.fetchrow(
+            """
+            SELECT count(*) AS chunks, sum(recipients) AS recipients,
+                   sum(assignments_created) AS assignments, sum(delivery_logs_created) AS logs,
+                   sum(notifications_created) AS notifications, sum(notification_jobs) AS jobs,
+                   max(c.attempts) AS attempts
+              FROM distribution_chunks d JOIN distribution_checkpoints c USING (job_id)
+             WHERE job_id = $1
+            """,
             ctx.job_id,
         )
         result = DistributionResult(
             policy_id=plan.policy_id,
             policy_version=plan.version,
-            recipients=progress["recipients"],
-            assignments_created=progress["assignments_created"],
-            delivery_logs_created=progress["delivery_logs_created"],
-            notification_jobs=progress["notification_jobs"] + len(webhooks),
-            chunks=progress["chunks"],
-            resumed=progress["resumed"],
+            recipients=totals["recipients"] or 0,
+            assignments_created=totals["assignments"] or 0,
+            delivery_logs_created=totals["logs"] or 0,
+            in_app_notifications_created=totals["notifications"] or 0,
+            notification_jobs=(totals["jobs"] or 0) + len(webhooks),
+            chunks=totals["chunks"],
+            attempts=totals["attempts"],
         )
         async with conn.transaction():
             await conn.execute(
@@ -174,6 +217,9 @@ async def distribute_policy(ctx: JobContext) -> DistributionResult:
                 """,
                 plan.policy_id,
                 plan.version,
+            )
+            await conn.execute(
+                "UPDATE distribution_checkpoints SET finished_at = now() WHERE job_id = $1", ctx.job_id
             )
             await conn.execute(
                 """
@@ -191,6 +237,7 @@ async def distribute_policy(ctx: JobContext) -> DistributionResult:
                 f"POLICY_DISTRIBUTED:{ctx.job_id}",
             )
     metrics.POLICY_ASSIGNMENTS.inc(result.assignments_created)
+    metrics.NOTIFICATIONS_SENT.labels(Channel.IN_APP.value).inc(result.in_app_notifications_created)
     return result
 
 
@@ -220,7 +267,7 @@ async def plan_distribution(
         version=version,
         audience=(roles, units, list(job.recipient_user_ids), job.recipient_snapshot_id),
         due_days=due_days,
-        channels=[c for c in job.channels if c in BATCH_SIZE],
+        channels=[c for c in job.channels if c is not Channel.WEBHOOK],
         template_data={
             "policy_id": str(job.policy_id),
             "policy_version": version,
@@ -231,79 +278,106 @@ async def plan_distribution(
     )
 
 
-async def walk_audience(
-    ctx: JobContext, conn: asyncpg.Connection, plan: Distribution, checkpoint: asyncpg.Record, total: int
-) -> None:
-    """Write the audience chunk by chunk from the checkpoint.
-
-    A chunk's notification jobs are produced while the next chunk is written, and the checkpoint
-    moves past a chunk only once Kafka acknowledged its messages: a crash leaves no recorded but
-    unproduced job behind the cursor. A chunk already written (before a crash) is written again
-    as a no-op and adds nothing to the counts.
-    """
-    cursor = checkpoint["produced_through"] or ZERO_UUID
-    written_through = checkpoint["written_through"] or ZERO_UUID
-    done = checkpoint["recipients"]
-    producing: asyncio.Task[int] | None = None
-    try:
-        while True:
-            async with conn.transaction():
-                chunk = await conn.fetchrow(
-                    WRITE_CHUNK,
-                    *plan.audience,
-                    cursor,
-                    CHUNK_SIZE,
-                    plan.policy_id,
-                    plan.version,
-                    plan.due_days,
-                    plan.job_id,
-                    [c.value for c in plan.channels],
-                )
-                ids: list[UUID] = chunk["ids"]
-                envelopes = ctx.follow_ups(plan.notification_jobs(ids))
-                to_produce = await record_all(conn, envelopes)
-                if producing is not None:
-                    await producing
-                new = bool(ids) and ids[-1] > written_through
-                await conn.execute(
-                    """
-                    UPDATE distribution_checkpoints
-                       SET produced_through = $2, written_through = greatest(written_through, $3),
-                           recipients = recipients + $4, assignments_created = assignments_created + $5,
-                           delivery_logs_created = delivery_logs_created + $6,
-                           notification_jobs = notification_jobs + $7, chunks = chunks + $8,
-                           updated_at = now()
-                     WHERE job_id = $1
-                    """,
-                    plan.job_id,
-                    cursor,
-                    ids[-1] if ids else cursor,
-                    len(ids) if new else 0,
-                    chunk["assignments"],
-                    chunk["logs"],
-                    len(envelopes) if new else 0,
-                    1 if new else 0,
-                )
-            producing = None
-            if not ids:
-                return
-            cursor = ids[-1]
-            done += len(ids) if new else 0
-            producing = asyncio.create_task(produce_all(to_produce))
-            await ctx.progress(5 + int(85 * done / max(total, 1)), f"{done} of {total} recipients")
-    finally:
-        if producing is not None and not producing.done():
-            producing.cancel()  # the walk failed; the checkpoint has not passed these messages
-
-
-def webhook_payload(url: str, plan: Distribution) -> SendNotificationPayload:
-    return SendNotificationPayload(
-        event_type=NotificationEventType.POLICY_PUBLISHED,
-        channel=Channel.WEBHOOK,
-        webhook_url=url,
-        template_data=plan.template_data,
-        idempotency_key=f"POLICY_PUBLISHED:{plan.policy_id}:v{plan.version}:{uuid5(plan.policy_id, url)}",
+async def chunks_to_do(conn: asyncpg.Connection, plan: Distribution) -> list[asyncpg.Record]:
+    """The ranges this attempt must (re)write: all of them the first time, afterwards only those
+    whose notification messages were never acknowledged."""
+    async with conn.transaction():
+        attempts = await conn.fetchval(
+            """
+            INSERT INTO distribution_checkpoints (job_id, policy_id, policy_version) VALUES ($1, $2, $3)
+            ON CONFLICT (job_id) DO UPDATE SET attempts = distribution_checkpoints.attempts + 1
+            RETURNING attempts
+            """,
+            plan.job_id,
+            plan.policy_id,
+            plan.version,
+        )
+        if attempts == 1:
+            ends = [r["id"] for r in await conn.fetch(RANGE_ENDS, *plan.audience, CHUNK_SIZE)]
+            bounds = [FIRST_UUID, *ends, LAST_UUID]
+            await conn.executemany(
+                "INSERT INTO distribution_chunks (job_id, seq, after_user_id, through_user_id)"
+                " VALUES ($1, $2, $3, $4)",
+                [(plan.job_id, seq, low, high) for seq, (low, high) in enumerate(itertools.pairwise(bounds))],
+            )
+    return list(
+        await conn.fetch(
+            "SELECT seq, after_user_id, through_user_id FROM distribution_chunks"
+            " WHERE job_id = $1 AND produced_at IS NULL ORDER BY seq",
+            plan.job_id,
+        )
     )
+
+
+async def write_ranges(ctx: JobContext, plan: Distribution, pending: list[asyncpg.Record]) -> None:
+    """Write the pending ranges, PARALLELISM at a time, reporting progress after each."""
+    message = render(NotificationEventType.POLICY_PUBLISHED, plan.template_data)
+    in_app_data = {**plan.template_data, "link": message.link}
+    queue: asyncio.Queue[asyncpg.Record] = asyncio.Queue()
+    for chunk in pending:
+        queue.put_nowait(chunk)
+    finished = 0
+
+    async def writer() -> None:
+        nonlocal finished
+        while not queue.empty():
+            chunk = queue.get_nowait()
+            async with ctx.pool.acquire() as conn:
+                async with conn.transaction():
+                    written = await conn.fetchrow(
+                        WRITE_RANGE,
+                        *plan.audience,
+                        chunk["after_user_id"],
+                        chunk["through_user_id"],
+                        plan.policy_id,
+                        plan.version,
+                        plan.due_days,
+                        plan.job_id,
+                        [c.value for c in plan.channels],
+                        message.subject,
+                        message.text,
+                        in_app_data,
+                        plan.idempotency_key,
+                    )
+                    envelopes = ctx.follow_ups(plan.email_jobs(written["ids"]))
+                    to_produce = await record_all(conn, envelopes)
+                    # Counts are kept from the first write only: a redone range creates nothing.
+                    await conn.execute(
+                        """
+                        UPDATE distribution_chunks
+                           SET recipients = coalesce(recipients, $3),
+                               assignments_created = coalesce(assignments_created, $4),
+                               delivery_logs_created = coalesce(delivery_logs_created, $5),
+                               notifications_created = coalesce(notifications_created, $6),
+                               notification_jobs = coalesce(notification_jobs, $7),
+                               done_at = coalesce(done_at, now())
+                         WHERE job_id = $1 AND seq = $2
+                        """,
+                        plan.job_id,
+                        chunk["seq"],
+                        len(written["ids"]),
+                        written["assignments"],
+                        written["logs"],
+                        written["notifications"],
+                        len(envelopes),
+                    )
+                await produce_all(to_produce)
+                await conn.execute(
+                    "UPDATE distribution_chunks SET produced_at = now() WHERE job_id = $1 AND seq = $2",
+                    plan.job_id,
+                    chunk["seq"],
+                )
+            finished += 1
+            await ctx.progress(
+                5 + 85 * finished // len(pending), f"{finished} of {len(pending)} ranges written"
+            )
+
+    try:
+        async with asyncio.TaskGroup() as writers:  # one failing cancels the other
+            for _ in range(min(PARALLELISM, len(pending))):
+                writers.create_task(writer())
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
 
 
 register_flow(
@@ -311,7 +385,7 @@ register_flow(
         flow=Flow.POLICY,
         concurrency=5,
         timeout_seconds=30,
-        heartbeat=True,  # 30 s without progress; a 100k distribution reports after every phase
+        heartbeat=True,  # 30 s without progress; a distribution reports after every range
         handlers={JobType.DISTRIBUTE_POLICY: distribute_policy},
     )
 )

@@ -1,23 +1,32 @@
 -- 0007: resumable policy distribution, recipient snapshots, e-mail deliveries, shared rate limits.
 
--- Where a DISTRIBUTE_POLICY job got to. Recipients are walked in user-id order in chunks; each chunk's
--- rows and its notification job rows commit with this checkpoint. written_through: the last user whose
--- rows are committed; produced_through: the last user whose notification messages Kafka acknowledged.
--- A redelivered job resumes after produced_through (redoing at most one idempotent chunk), not from zero.
+-- How a DISTRIBUTE_POLICY job splits its audience, and which parts are done. The first attempt cuts the
+-- whole user-id space into consecutive ranges (after_user_id, through_user_id] of about a chunk of
+-- recipients each; the last range ends at the largest uuid, so the ranges cover everyone, including users
+-- added later. A range's rows, its notification job rows and its done_at commit in one transaction;
+-- produced_at is set once Kafka acknowledged the range's notification messages. A retried or redelivered
+-- job redoes only ranges without produced_at (a no-op for rows already written), not the whole audience.
 CREATE TABLE distribution_checkpoints (
-    job_id                 uuid PRIMARY KEY,
-    policy_id              uuid NOT NULL REFERENCES policies (id) ON DELETE CASCADE,
-    policy_version         integer NOT NULL,
-    written_through        uuid,            -- NULL: no chunk committed yet
-    produced_through       uuid,
-    recipients             integer NOT NULL DEFAULT 0,
-    assignments_created    integer NOT NULL DEFAULT 0,
-    delivery_logs_created  integer NOT NULL DEFAULT 0,
-    notification_jobs      integer NOT NULL DEFAULT 0,
-    chunks                 integer NOT NULL DEFAULT 0,
-    resumed                integer NOT NULL DEFAULT 0,   -- how many times an attempt picked this up
-    finished_at            timestamptz,
-    updated_at             timestamptz NOT NULL DEFAULT now()
+    job_id          uuid PRIMARY KEY,
+    policy_id       uuid NOT NULL REFERENCES policies (id) ON DELETE CASCADE,
+    policy_version  integer NOT NULL,
+    attempts        integer NOT NULL DEFAULT 1,     -- > 1: an attempt resumed an earlier one's work
+    finished_at     timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE distribution_chunks (
+    job_id                 uuid NOT NULL REFERENCES distribution_checkpoints (job_id) ON DELETE CASCADE,
+    seq                    integer NOT NULL,
+    after_user_id          uuid NOT NULL,
+    through_user_id        uuid NOT NULL,
+    recipients             integer,
+    assignments_created    integer,
+    delivery_logs_created  integer,
+    notifications_created  integer,
+    notification_jobs      integer,
+    done_at                timestamptz,
+    produced_at            timestamptz,
+    PRIMARY KEY (job_id, seq)
 );
 
 -- A frozen audience an upstream service prepared (e.g. "everyone who attended training X"), referenced
