@@ -42,7 +42,7 @@ from models import (
     SendNotificationPayload,
 )
 from tests.service import Service, counts, create_policy, distribution_envelope, prepare_service, produce_job
-from tests.workers import free_port, wait_for_job
+from tests.workers import api, free_port, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -380,6 +380,20 @@ async def test_email_goes_over_starttls_with_auth_on_one_connection_with_escaped
             )
         )
     assert logs == {"EMAIL": 30, "IN_APP": 30}
+
+    # The dashboard view of the same distribution, for admins only.
+    status, view = await api(
+        "GET", f"{service.url}/policies/{policy_id}/distribution", token=service.admin_token
+    )
+    assert status == 200
+    assert view["recipients"] == 30 and view["status"] == "PUBLISHED"
+    assert view["assignments"] == {"PENDING_ACKNOWLEDGMENT": 30}
+    assert view["deliveries"] == {"EMAIL": {"SENT": 30}, "IN_APP": {"DELIVERED": 30}}
+    assert view["latest_job"]["job_id"] == str(envelope.job_id)
+    assert view["latest_job"]["recipients_written"] == 30
+    assert view["latest_job"]["ranges"] == view["latest_job"]["ranges_done"] == 1
+    status, _ = await api("GET", f"{service.url}/policies/{policy_id}/distribution", token=service.user_token)
+    assert status == 403
 
     # The tenant's policy webhook got one signed POST for the distribution.
     posts = [h for h in hooks.on("policy-events") if str(policy_id).encode() in h[1]]

@@ -18,7 +18,8 @@ from app.config import Settings
 from app.logs import REDACTED, JsonFormatter, redact
 from app.runner import TimeLimit
 from app.storage import object_key, safe_name
-from models import Role
+from app.templates import TEMPLATES, render
+from models import NotificationEventType, Role
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs256"
 
@@ -116,3 +117,30 @@ async def test_a_heartbeat_time_limit_is_renewed_by_progress_and_a_deadline_is_n
             for _ in range(4):
                 await asyncio.sleep(0.1)
                 limit.beat()
+
+
+def test_notification_templates_escape_user_text_and_drop_lines_without_values() -> None:
+    data = {
+        "policy_id": "5f1c0d1e-0000-4000-8000-000000000001",
+        "policy_version": 3,
+        "policy_title": 'Travel <img src=x onerror="alert(1)">\r\nBcc: victim@example.com',
+        "message": "<b>Read</b> & sign",
+    }
+    message = render(NotificationEventType.POLICY_PUBLISHED, data)
+    assert "\n" not in message.subject and "\r" not in message.subject  # no header injection
+    assert "<img" not in message.html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in message.html
+    assert "&lt;b&gt;Read&lt;/b&gt; &amp; sign" in message.html
+    assert "<b>Read</b> & sign" in message.text
+    assert "acknowledge it within" not in message.text  # acknowledgment_days was not given
+    assert message.link is not None and message.link.endswith(
+        "/policies/5f1c0d1e-0000-4000-8000-000000000001"
+    )
+    # every event has a template that renders with no data at all
+    for event in NotificationEventType:
+        assert event in TEMPLATES
+        assert render(event, {}).subject
+
+
+def test_template_links_quote_values() -> None:
+    message = render(NotificationEventType.REPORT_READY, {"report_id": "../../admin?x=1", "report_name": "Q"})
+    assert message.link is not None and message.link.endswith("/reports/..%2F..%2Fadmin%3Fx%3D1")
