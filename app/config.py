@@ -95,6 +95,10 @@ class Settings:
             u.strip() for u in _env("POLICY_WEBHOOK_URLS", "").split(",") if u.strip()
         )
     )
+    # A flow partition with waiting jobs that no one consumes for this long makes /health fail.
+    partition_stall_seconds: float = field(
+        default_factory=lambda: _env_float("PARTITION_STALL_SECONDS", 120.0)
+    )
     # Links in notifications point here, e.g. {portal_url}/policies/<id>.
     portal_url: str = field(default_factory=lambda: _env("PORTAL_URL", "http://localhost:3000"))
 

@@ -10,6 +10,7 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from app import deadletters, metrics
+from app.config import get_settings
 from app.faust_app import faust_app
 from app.resources import resources
 from models import Flow
@@ -26,10 +27,60 @@ class Lifecycle:
     stopping = False
 
 
+class Stalls:
+    """Flow partitions with waiting jobs whose committed offset has not moved for a while.
+
+    Faust can leave a partition unfetched after a rebalance until the next one (faust-streaming
+    #629; seen here after a worker was killed). The jobs are safe (uncommitted) but wait. A
+    worker that is idle while one of its flow partitions has lag that does not move is reported
+    unhealthy, so Kubernetes' liveness probe restarts it and the rebalance hands the partition
+    out again. Flow topics never hold a message (early jobs are parked in retry tiers), so lag
+    that stands still there while no job runs means nobody is consuming it.
+    """
+
+    progress: dict[Any, tuple[int, float]] = {}  # tp -> (committed offset, when it last changed)
+    stalled: list[str] = []
+
+
+@faust_app.timer(5.0)
+async def watch_for_stalls() -> None:
+    try:
+        now = asyncio.get_running_loop().time()
+        limit = get_settings().partition_stall_seconds
+        consumer = faust_app.consumer
+        busy = faust_app.rebalancing or any(
+            sample.value > 0 for sample in metrics.JOBS_ACTIVE.collect()[0].samples
+        )
+        stalled = []
+        for tp in consumer.assignment():
+            if tp.topic not in _TOPIC_QUEUE:
+                continue
+            committed = consumer._committed_offset.get(tp) or 0
+            highwater = consumer.highwater(tp) or 0
+            previous = Stalls.progress.get(tp)
+            if previous is None or previous[0] != committed or highwater <= committed or busy:
+                Stalls.progress[tp] = (committed, now)
+            elif now - previous[1] > limit:
+                stalled.append(
+                    f"{tp.topic}[{tp.partition}] lag {highwater - committed} for {now - previous[1]:.0f} s"
+                )
+        if stalled and not Stalls.stalled:
+            log.error("flow partitions stalled; reporting unhealthy", extra={"stalled": stalled})
+        Stalls.stalled = stalled
+    except Exception:
+        log.exception("stall check failed")
+
+
 @faust_app.page("/health")
 class Health(View):
     async def get(self, request: Request) -> Response:
-        return self.json({"status": "ok", "stopping": Lifecycle.stopping})
+        healthy = not Stalls.stalled
+        body = {
+            "status": "ok" if healthy else "stalled",
+            "stalled": Stalls.stalled,
+            "stopping": Lifecycle.stopping,
+        }
+        return self.json(body, status=200 if healthy else 503)
 
 
 async def _check(name: str, probe: Any) -> tuple[str, str | None]:

@@ -19,7 +19,7 @@ from app.db import connect, migrate
 from app.seed import DemoOrg, seed_demo_org
 from app.topics import ensure_topics
 from models import DistributePolicyPayload, JobEnvelope, Role
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, api
 
 JWT_SECRET = "integration-test-secret-of-32-bytes-or-more"
 # One consumer group for the whole session, so a module's workers resume where the last stopped.
@@ -44,6 +44,18 @@ class Service:
         self.workers.append(worker)
         await worker.wait_ready()
         return worker
+
+    async def replace_unhealthy(self) -> list[str]:
+        """Do what Kubernetes' liveness probe does: restart a worker whose /health fails."""
+        replaced = []
+        for worker in list(self.workers):
+            status, _ = await api("GET", f"{worker.url}/health")
+            if status == 503:
+                worker.stop()
+                self.workers.remove(worker)
+                await self.start_worker(f"{worker.name}-relived")
+                replaced.append(worker.name)
+        return replaced
 
     def stop_all(self) -> None:
         for worker in self.workers:
