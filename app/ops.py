@@ -38,32 +38,53 @@ class Stalls:
     that stands still there while no job runs means nobody is consuming it.
     """
 
-    progress: dict[Any, tuple[int, float]] = {}  # tp -> (committed offset, when it last changed)
+    progress: dict[str, tuple[int, float]] = {}  # partition -> (committed offset, when it last moved)
     stalled: list[str] = []
+
+
+def find_stalls(
+    progress: dict[str, tuple[int, float]],
+    partitions: list[tuple[str, int, int]],
+    *,
+    now: float,
+    limit: float,
+    busy: bool,
+) -> list[str]:
+    """Partitions (name, committed, highwater) whose lag has stood still for `limit` seconds on an
+    idle worker. `progress` remembers each one's committed offset and when it last moved."""
+    stalled = []
+    for name, committed, highwater in partitions:
+        previous = progress.get(name)
+        if previous is None or previous[0] != committed or highwater <= committed or busy:
+            progress[name] = (committed, now)
+        elif now - previous[1] > limit:
+            stalled.append(f"{name} lag {highwater - committed} for {now - previous[1]:.0f} s")
+    return stalled
 
 
 @faust_app.timer(5.0)
 async def watch_for_stalls() -> None:
     try:
-        now = asyncio.get_running_loop().time()
-        limit = get_settings().partition_stall_seconds
         consumer = faust_app.consumer
+        partitions = [
+            (
+                f"{tp.topic}[{tp.partition}]",
+                consumer._committed_offset.get(tp) or 0,
+                consumer.highwater(tp) or 0,
+            )
+            for tp in consumer.assignment()
+            if tp.topic in _TOPIC_QUEUE
+        ]
         busy = faust_app.rebalancing or any(
             sample.value > 0 for sample in metrics.JOBS_ACTIVE.collect()[0].samples
         )
-        stalled = []
-        for tp in consumer.assignment():
-            if tp.topic not in _TOPIC_QUEUE:
-                continue
-            committed = consumer._committed_offset.get(tp) or 0
-            highwater = consumer.highwater(tp) or 0
-            previous = Stalls.progress.get(tp)
-            if previous is None or previous[0] != committed or highwater <= committed or busy:
-                Stalls.progress[tp] = (committed, now)
-            elif now - previous[1] > limit:
-                stalled.append(
-                    f"{tp.topic}[{tp.partition}] lag {highwater - committed} for {now - previous[1]:.0f} s"
-                )
+        stalled = find_stalls(
+            Stalls.progress,
+            partitions,
+            now=asyncio.get_running_loop().time(),
+            limit=get_settings().partition_stall_seconds,
+            busy=busy,
+        )
         if stalled and not Stalls.stalled:
             log.error("flow partitions stalled; reporting unhealthy", extra={"stalled": stalled})
         Stalls.stalled = stalled

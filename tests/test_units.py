@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from app.auth import ADMINS, ANY_USER, AuthError, authenticate, issue_token
 from app.config import Settings
 from app.logs import REDACTED, JsonFormatter, redact
+from app.ops import find_stalls
 from app.runner import TimeLimit
 from app.storage import object_key, safe_name
 from app.templates import TEMPLATES, render
@@ -144,3 +145,18 @@ def test_notification_templates_escape_user_text_and_drop_lines_without_values()
 def test_template_links_quote_values() -> None:
     message = render(NotificationEventType.REPORT_READY, {"report_id": "../../admin?x=1", "report_name": "Q"})
     assert message.link is not None and message.link.endswith("/reports/..%2F..%2Fadmin%3Fx%3D1")
+
+
+def test_a_flow_partition_is_stalled_only_when_its_lag_stands_still_on_an_idle_worker() -> None:
+    progress: dict[str, tuple[int, float]] = {}
+
+    def check(committed: int, highwater: int, now: float, busy: bool = False) -> list[str]:
+        return find_stalls(progress, [("flow[3]", committed, highwater)], now=now, limit=15, busy=busy)
+
+    assert check(10, 11, now=0) == []  # first sight
+    assert check(10, 11, now=10) == []  # lag, but not for long
+    assert check(10, 11, now=16) == ["flow[3] lag 1 for 16 s"]
+    assert check(11, 12, now=17) == []  # the offset moved: a fresh start
+    assert check(11, 12, now=40, busy=True) == []  # a job is running: the batch may be slow
+    assert check(11, 12, now=50) == []
+    assert check(12, 12, now=100) == []  # no lag, nothing waits
