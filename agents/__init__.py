@@ -6,7 +6,7 @@ consumed and a job sent there ends FAILED with a clear reason instead of waiting
 
 from __future__ import annotations
 
-from agents import notification, policy
+from agents import framework_import, notification, policy
 from app.runner import FlowSpec, register_flow
 from models import Flow
 
@@ -17,9 +17,8 @@ _NOT_YET_HANDLED = {
     Flow.EVIDENCE: (4, 120),
     Flow.EXPORT: (2, 180),
     Flow.AUDIT: (1, 600),
-    Flow.IMPORT: (2, 120),
 }
 for _flow, (_concurrency, _timeout) in _NOT_YET_HANDLED.items():
     register_flow(FlowSpec(flow=_flow, concurrency=_concurrency, timeout_seconds=_timeout, handlers={}))
 
-__all__ = ["notification", "policy"]
+__all__ = ["framework_import", "notification", "policy"]

@@ -24,6 +24,10 @@ def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, str(default)))
 
 
+# Largest file accepted by an upload endpoint (POST /imports).
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Settings:
     app_id: str = field(default_factory=lambda: _env("APP_ID", "governance-jobs"))

@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from app.config import get_settings
+from app.config import MAX_UPLOAD_BYTES, get_settings
 from app.logs import JsonFormatter
 
 settings = get_settings()
@@ -57,6 +57,8 @@ faust_app = faust.App(
     web_host=settings.web_host,
     canonical_url=settings.node_url,
     web_tables_enabled=False,
+    # aiohttp refuses bodies over 1 MB by default; uploads (POST /imports) may be larger.
+    web_application_options={"client_max_size": MAX_UPLOAD_BYTES + 1024 * 1024},
     timezone="UTC",
     logging_config=logging_config(settings.log_level),
     worker_redirect_stdouts=False,

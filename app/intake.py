@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from app import metrics
 from app.auth import ADMINS, ANY_USER, AuthError, Caller, authenticate
+from app.config import MAX_UPLOAD_BYTES
 from app.dispatch import submit
 from app.errors import NotFoundError
 from app.faust_app import faust_app, settings
@@ -40,7 +41,6 @@ from models import (
 log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 256 * 1024
-MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 ENVELOPE_OPTIONS = ("job_id", "correlation_id", "priority")
 
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -55,6 +56,20 @@ class Storage:
         response = await self._client.get_object(Bucket=self.bucket, Key=key)
         async with response["Body"] as stream:
             return bytes(await stream.read())
+
+    async def download(self, key: str, path: Path, max_bytes: int) -> int:
+        """Stream an object to a local file in 1 MB pieces; refuse one larger than `max_bytes`."""
+        response = await self._client.get_object(Bucket=self.bucket, Key=key)
+        if response["ContentLength"] > max_bytes:
+            response["Body"].close()
+            raise ValueError(f"{key} is {response['ContentLength']} bytes; the limit is {max_bytes}")
+        size = 0
+        async with response["Body"] as stream:
+            with path.open("wb") as out:
+                while chunk := await stream.read(1 << 20):
+                    size += len(chunk)
+                    out.write(chunk)
+        return size
 
     async def exists(self, key: str) -> bool:
         try:
