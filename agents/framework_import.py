@@ -17,11 +17,13 @@ with the first reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -154,29 +156,43 @@ async def _load(
     records = await asyncio.to_thread(
         read_records, path, fmt, mapping=job.column_mapping, sheet=job.sheet_name
     )
-    while batch := await asyncio.to_thread(_next_batch, records, job.batch_size):
-        families: list[FamilyRecord] = []
-        controls: list[ControlRecord] = []
-        stop: RowError | None = None
-        for record in batch:
-            if isinstance(record, FamilyRecord):
-                families.append(record)
-            elif isinstance(record, ControlRecord):
-                controls.append(record)
-            else:
-                tally.errors.append(record)
-                if _must_stop(job, len(tally.errors)):
-                    stop = record
-                    break
-        async with ctx.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", str(framework_id))
-            await _upsert_families(conn, framework_id, families)
-            await _upsert_controls(conn, framework_id, job.import_id, controls, tally)
-        tally.families += len(families)
-        await ctx.progress(min(90, 5 + tally.controls // 100), f"{tally.controls} controls read")
-        if stop is not None:
-            return stop
-    return None
+    seen: dict[str, str] = {}  # ref_id -> where it first appeared
+    # The next batch is read (and hashed) in a thread while this one is written.
+    reading = asyncio.create_task(asyncio.to_thread(_next_batch, records, job.batch_size))
+    try:
+        while batch := await reading:
+            reading = asyncio.create_task(asyncio.to_thread(_next_batch, records, job.batch_size))
+            families: list[FamilyRecord] = []
+            controls: list[ControlRecord] = []
+            stop: RowError | None = None
+            for record in batch:
+                if isinstance(record, ControlRecord) and record.ref_id in seen:
+                    where = seen[record.ref_id]
+                    record = RowError(
+                        record.location, "ref_id", f"{record.ref_id} already appeared at {where}"
+                    )
+                if isinstance(record, FamilyRecord):
+                    families.append(record)
+                elif isinstance(record, ControlRecord):
+                    seen[record.ref_id] = record.location
+                    controls.append(record)
+                else:
+                    tally.errors.append(record)
+                    if _must_stop(job, len(tally.errors)):
+                        stop = record
+                        break
+            async with ctx.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", str(framework_id))
+                await _upsert_families(conn, framework_id, families)
+                await _upsert_controls(conn, framework_id, job.import_id, controls, tally)
+            tally.families += len(families)
+            await ctx.progress(min(90, 5 + tally.controls // 100), f"{tally.controls} controls read")
+            if stop is not None:
+                return stop
+        return None
+    finally:
+        with contextlib.suppress(Exception):  # let a read in flight finish before the file goes away
+            await reading
 
 
 class Tally:
@@ -186,14 +202,17 @@ class Tally:
 
 
 def _next_batch(records: Iterator[Record], size: int) -> list[Record]:
-    """Up to `size` controls, with the families and errors read along the way."""
+    """Up to `size` controls, with the families and errors read along the way. Each control's
+    content hash is computed here, off the event loop (the record caches it)."""
     batch: list[Record] = []
     controls = 0
     for record in records:
         batch.append(record)
-        controls += isinstance(record, ControlRecord)
-        if controls >= size:
-            break
+        if isinstance(record, ControlRecord):
+            _ = record.content_hash
+            controls += 1
+            if controls >= size:
+                break
     return batch
 
 
@@ -218,40 +237,23 @@ async def _upsert_families(
 async def _upsert_controls(
     conn: asyncpg.Connection, framework_id: UUID, import_id: UUID, controls: list[ControlRecord], tally: Tally
 ) -> None:
-    hashes = {c.ref_id: c.content_hash() for c in controls}
-    existing = {
-        row["ref_id"]: row
-        for row in await conn.fetch(
-            "SELECT id, ref_id, content_hash FROM controls"
-            " WHERE framework_id = $1 AND ref_id = ANY($2::text[])",
-            framework_id,
-            list(hashes),
-        )
-    }
-    new = [c for c in controls if c.ref_id not in existing]
-    changed = [
-        c for c in controls if c.ref_id in existing and existing[c.ref_id]["content_hash"] != hashes[c.ref_id]
-    ]
-    tally.controls += len(controls)
-    tally.created += len(new)
-    tally.updated += len(changed)
-    tally.unchanged += len(controls) - len(new) - len(changed)
-    if changed:
-        await conn.execute(
-            """
-            INSERT INTO control_history (control_id, import_id, previous)
-            SELECT id, $2, to_jsonb(c) - 'id' - 'framework_id' - 'parent_id' - 'created_at' - 'updated_at'
-              FROM controls c WHERE id = ANY($1::uuid[])
-            """,
-            [existing[c.ref_id]["id"] for c in changed],
-            import_id,
-        )
-    await conn.executemany(
+    """One statement per batch. The unique index decides insert or update (no plan can turn it into
+    a scan of the framework, which a pre-read by ref_id became once the table grew); an update
+    happens only when the content hash differs, and the history trigger keeps the old version."""
+    await conn.execute("SELECT set_config('governance.import_id', $1, true)", str(import_id))
+    written = await conn.fetch(
         """
         INSERT INTO controls
                (framework_id, ref_id, title, sort_key, source_id, kind, depth, assessable, family,
                 parent_ref, statement, guidance, withdrawn, params, links, properties, content_hash)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+        SELECT $1, ref_id, title, sort_key, source_id, kind, depth, assessable, family,
+               parent_ref, statement, guidance, withdrawn, params::jsonb, links::jsonb, properties::jsonb,
+               hash
+          FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::bool[],
+                      $9::text[], $10::text[], $11::text[], $12::text[], $13::bool[], $14::text[],
+                      $15::text[], $16::text[], $17::text[])
+               AS t(ref_id, title, sort_key, source_id, kind, depth, assessable, family, parent_ref,
+                    statement, guidance, withdrawn, params, links, properties, hash)
         ON CONFLICT ON CONSTRAINT controls_framework_ref DO UPDATE
            SET title = EXCLUDED.title, sort_key = EXCLUDED.sort_key, source_id = EXCLUDED.source_id,
                kind = EXCLUDED.kind, depth = EXCLUDED.depth, assessable = EXCLUDED.assessable,
@@ -259,46 +261,59 @@ async def _upsert_controls(
                guidance = EXCLUDED.guidance, withdrawn = EXCLUDED.withdrawn, params = EXCLUDED.params,
                links = EXCLUDED.links, properties = EXCLUDED.properties, content_hash = EXCLUDED.content_hash
          WHERE controls.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+        RETURNING xmax = 0 AS created
         """,
-        [
-            (
-                framework_id,
-                c.ref_id,
-                c.title,
-                c.sort_key,
-                c.source_id,
-                c.kind,
-                c.depth,
-                c.assessable,
-                c.family,
-                c.parent_ref,
-                c.statement,
-                c.guidance,
-                c.withdrawn,
-                c.params,
-                c.links,
-                c.properties,
-                hashes[c.ref_id],
-            )
-            for c in (*new, *changed)
-        ],
+        framework_id,
+        *_columns(controls),
     )
+    created = sum(row["created"] for row in written)
+    tally.controls += len(controls)
+    tally.created += created
+    tally.updated += len(written) - created
+    tally.unchanged += len(controls) - len(written)
+
+
+def _columns(controls: list[ControlRecord]) -> list[list[Any]]:
+    """One list per column, for a set-based insert through unnest()."""
+    return [
+        [c.ref_id for c in controls],
+        [c.title for c in controls],
+        [c.sort_key for c in controls],
+        [c.source_id for c in controls],
+        [c.kind for c in controls],
+        [c.depth for c in controls],
+        [c.assessable for c in controls],
+        [c.family for c in controls],
+        [c.parent_ref for c in controls],
+        [c.statement for c in controls],
+        [c.guidance for c in controls],
+        [c.withdrawn for c in controls],
+        [json.dumps(c.params) for c in controls],
+        [json.dumps(c.links) for c in controls],
+        [json.dumps(c.properties) for c in controls],
+        [c.content_hash for c in controls],
+    ]
 
 
 async def _link_parents(conn: asyncpg.Connection, framework_id: UUID) -> list[RowError]:
-    """Resolve parent_ref to parent_id for the whole framework; report refs that name no control."""
+    """Resolve parent_ref to parent_id for the whole framework; report refs that name no control.
+
+    The parent is found by a correlated lookup on the unique (framework, ref_id) index, never by
+    a join the planner could turn into nested scans: right after a bulk import the table's
+    statistics are stale, and a join plan took 120 s for 100k rows.
+    """
+    parent = "(SELECT p.id FROM controls p WHERE p.framework_id = c.framework_id AND p.ref_id = c.parent_ref)"
     await conn.execute(
-        """
-        UPDATE controls c SET parent_id = p.id
-          FROM controls p
-         WHERE c.framework_id = $1 AND p.framework_id = $1 AND p.ref_id = c.parent_ref
-           AND c.parent_id IS DISTINCT FROM p.id
+        f"""
+        UPDATE controls c SET parent_id = {parent}
+         WHERE c.framework_id = $1 AND (c.parent_ref IS NOT NULL OR c.parent_id IS NOT NULL)
+           AND c.parent_id IS DISTINCT FROM {parent}
         """,
         framework_id,
     )
     dangling = await conn.fetch(
-        "SELECT ref_id, parent_ref FROM controls c WHERE framework_id = $1 AND parent_ref IS NOT NULL"
-        " AND NOT EXISTS (SELECT 1 FROM controls p WHERE p.framework_id = $1 AND p.ref_id = c.parent_ref)",
+        "SELECT ref_id, parent_ref FROM controls"
+        " WHERE framework_id = $1 AND parent_ref IS NOT NULL AND parent_id IS NULL ORDER BY sort_key",
         framework_id,
     )
     return [

@@ -105,7 +105,15 @@ class FrameworkControls(View):
         except ValueError as exc:
             return self.json({"error": f"bad framework id or limit: {exc}"}, status=400)
         family = request.query.get("family") or None
-        search = (request.query.get("q") or "").strip() or None
+        # Matched as a literal substring: LIKE's wildcards in the query are escaped.
+        search = (
+            (request.query.get("q") or "")
+            .strip()
+            .replace("\\", "\\\\")
+            .replace("%", "\\%")
+            .replace("_", "\\_")
+        )
+        search = search or None
         after = request.query.get("after") or ""
         async with (await resources.pool()).acquire() as conn:
             if not await conn.fetchval("SELECT 1 FROM frameworks WHERE id = $1", parsed):
@@ -116,10 +124,8 @@ class FrameworkControls(View):
                        sort_key
                   FROM controls
                  WHERE framework_id = $1 AND ($2::text IS NULL OR family = $2) AND sort_key > $3
-                   AND ($4::text IS NULL
-                        OR to_tsvector('english', ref_id || ' ' || title || ' ' || statement)
-                           @@ plainto_tsquery('english', $4)
-                        OR ref_id ILIKE $4 || '%')
+                   AND ($4::text IS NULL OR ref_id ILIKE $4 || '%'
+                        OR title ILIKE '%' || $4 || '%' OR statement ILIKE '%' || $4 || '%')
                  ORDER BY sort_key
                  LIMIT $5
                 """,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 # Longest ref_id / title we store; longer values are rejected with a clear reason, not truncated.
@@ -40,10 +41,9 @@ class ControlRecord:
 
     def content(self) -> dict[str, Any]:
         """Everything an import stores, without where it came from."""
-        values = asdict(self)
-        del values["location"]
-        return values
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "location"}
 
+    @cached_property
     def content_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.content(), sort_keys=True, default=str).encode()).hexdigest()
 

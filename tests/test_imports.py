@@ -264,7 +264,7 @@ async def test_each_row_error_is_reported_with_its_location_and_the_error_mode_d
         ("row 5", "ref_id"),
         ("row 7", "ref_id"),
     ]
-    assert stored["errors"][2]["reason"] == "B-1 already appeared in row 2"
+    assert stored["errors"][2]["reason"] == "B-1 already appeared at row 2"
 
     stopped = await run_import(service, "bad.csv", BAD_ROWS, f"Bad {uuid4().hex[:4]}")  # STOP_FIRST
     assert stopped["state"] == "DEAD" and stopped["attempt"] == 1

@@ -88,18 +88,16 @@ def parse_rows(
         if any(cell.strip() for cell in header):
             break
     columns = _columns([cell.strip() for cell in header], mapping)
-    seen: dict[str, int] = {}
     families: set[str] = set()
     for number, row in rows:
         if not any(cell.strip() for cell in row):
             continue
         where = f"row {number}"
         values = {name: (row[i].strip() if i < len(row) else "") for name, i in columns.items()}
-        error = _check(values, seen, where)
+        error = _check(values, where)
         if error:
             yield error
             continue
-        seen[values["ref_id"]] = number
         family = values.get("family") or None
         if family and family not in families:
             families.add(family)
@@ -155,14 +153,12 @@ def _columns(header: list[str], mapping: dict[str, str] | None) -> dict[str, int
     return columns
 
 
-def _check(values: dict[str, Any], seen: dict[str, int], where: str) -> RowError | None:
+def _check(values: dict[str, Any], where: str) -> RowError | None:
     ref_id, title = values["ref_id"], values["title"]
     if not ref_id:
         return RowError(where, "ref_id", "empty")
     if len(ref_id) > MAX_REF_ID:
         return RowError(where, "ref_id", f"longer than {MAX_REF_ID} characters")
-    if ref_id in seen:
-        return RowError(where, "ref_id", f"{ref_id} already appeared in row {seen[ref_id]}")
     if not title:
         return RowError(where, "title", "empty")
     if len(title) > MAX_TITLE:

@@ -15,17 +15,31 @@ ALTER TABLE controls
     ADD COLUMN links         jsonb NOT NULL DEFAULT '[]'::jsonb,
     ADD COLUMN properties    jsonb NOT NULL DEFAULT '{}'::jsonb,
     ADD COLUMN content_hash  text;
-CREATE INDEX controls_search_idx ON controls USING gin (to_tsvector('english', ref_id || ' ' || title || ' ' || statement));
+-- No full-text index: it tripled the cost of importing (measured: 20k rows 5.9 s with a GIN index on
+-- to_tsvector, 1.9 s without), while a search inside one framework scans at most its own rows.
 
--- The previous version of a control each time an import changed it.
+-- The previous version of a control each time its content changed. A trigger keeps it, so every
+-- writer gets it for free; an import names itself in the setting governance.import_id.
 CREATE TABLE control_history (
     id            bigserial PRIMARY KEY,
     control_id    uuid NOT NULL REFERENCES controls (id) ON DELETE CASCADE,
-    import_id     uuid NOT NULL,
+    import_id     uuid,                      -- NULL: changed outside an import
     previous      jsonb NOT NULL,            -- the row's content fields before the change
     replaced_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX control_history_control_idx ON control_history (control_id, replaced_at DESC);
+
+CREATE FUNCTION controls_keep_history() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.content_hash IS DISTINCT FROM NEW.content_hash THEN
+        INSERT INTO control_history (control_id, import_id, previous)
+        VALUES (OLD.id, nullif(current_setting('governance.import_id', true), '')::uuid,
+                to_jsonb(OLD) - 'id' - 'framework_id' - 'parent_id' - 'created_at' - 'updated_at');
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER controls_history BEFORE UPDATE ON controls
+    FOR EACH ROW EXECUTE FUNCTION controls_keep_history();
 
 -- Families (OSCAL groups; the top level of a CISO Assistant tree; a CSV family column).
 CREATE TABLE control_families (
