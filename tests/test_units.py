@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.auth import ADMINS, ANY_USER, AuthError, authenticate, issue_token
+from app.catalogs.ciso import parse_library
+from app.catalogs.oscal import parse_catalog
 from app.config import Settings
 from app.logs import REDACTED, JsonFormatter, redact
 from app.ops import find_stalls
@@ -21,6 +23,7 @@ from app.runner import TimeLimit
 from app.storage import object_key, safe_name
 from app.templates import TEMPLATES, render
 from models import NotificationEventType, Role
+from models.catalog import ControlRecord, FamilyRecord, RowError
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs256"
 
@@ -160,3 +163,93 @@ def test_a_flow_partition_is_stalled_only_when_its_lag_stands_still_on_an_idle_w
     assert check(11, 12, now=40, busy=True) == []  # a job is running: the batch may be slow
     assert check(11, 12, now=50) == []
     assert check(12, 12, now=100) == []  # no lag, nothing waits
+
+
+def test_oscal_parser_nests_enhancements_reads_withdrawn_in_any_case_and_reports_json_paths() -> None:
+    def control(cid: str, label: str, **extra: object) -> dict[str, object]:
+        return {"id": cid, "title": f"Title {cid}", "props": [{"name": "label", "value": label}], **extra}
+
+    catalog = {
+        "catalog": {
+            "groups": [
+                {
+                    "id": "xx",
+                    "title": "Example family",
+                    "controls": [
+                        control(
+                            "xx-1",
+                            "XX-1",
+                            params=[{"id": "xx-1_prm_1", "select": {"choice": ["daily", "weekly"]}}],
+                            parts=[{"name": "statement", "prose": "Review {{ insert: param, xx-1_prm_1 }}."}],
+                            controls=[
+                                control(
+                                    "xx-1.1",
+                                    "XX-1(1)",
+                                    props=[
+                                        {"name": "label", "value": "XX-1(1)"},
+                                        {"name": "status", "value": "Withdrawn"},
+                                    ],
+                                ),
+                            ],
+                        ),
+                        control(
+                            "xx-2",
+                            "XX-2",
+                            props=[
+                                {"name": "label", "value": "XX-02", "class": "zero-padded"},
+                                {"name": "label", "value": "XX-2"},
+                                {"name": "status", "value": "withdrawn"},
+                            ],
+                        ),
+                        {"id": "xx-3"},
+                        control(
+                            "xx-4",
+                            "XX-4",
+                            parts=[{"name": "statement", "prose": "{{ insert: param, nope }}"}],
+                        ),
+                    ],
+                },
+                {"id": "yy"},
+            ]
+        }
+    }
+    records = list(parse_catalog(catalog))
+    controls = {r.ref_id: r for r in records if isinstance(r, ControlRecord)}
+    errors = [r for r in records if isinstance(r, RowError)]
+    assert [f.ref_id for f in records if isinstance(f, FamilyRecord)] == ["XX"]
+    assert controls["XX-1(1)"].parent_ref == "XX-1" and controls["XX-1(1)"].kind == "enhancement"
+    assert controls["XX-1(1)"].withdrawn and controls["XX-2"].withdrawn and not controls["XX-1"].withdrawn
+    assert controls["XX-1"].statement == "Review [Selection (one): daily; weekly]."
+    assert controls["XX-4"].statement == "[Assignment: not defined]"  # a dangling placeholder stays readable
+    assert [(e.location, e.field) for e in errors] == [
+        ("$.catalog.groups[0].controls[2]", "title"),
+        ("$.catalog.groups[1]", "title"),
+    ]
+    assert next(iter(parse_catalog({"not": "oscal"}))).field == "catalog"
+
+
+def test_ciso_parser_rebuilds_the_tree_whatever_the_order_and_reports_orphans() -> None:
+    prefix = "urn:x:req_node:demo"
+    library = {
+        "objects": {
+            "framework": {
+                "requirement_nodes": [
+                    {
+                        "urn": f"{prefix}:a.1",
+                        "parent_urn": f"{prefix}:a",
+                        "assessable": True,
+                        "description": "Leaf",
+                    },
+                    {"urn": f"{prefix}:a", "ref_id": "A", "name": "Caf\u00e9"},
+                    {"urn": f"{prefix}:b.1", "parent_urn": f"{prefix}:missing", "ref_id": "B.1"},
+                ]
+            }
+        }
+    }
+    records = list(parse_library(library))
+    controls = {r.ref_id: r for r in records if isinstance(r, ControlRecord)}
+    assert controls["a.1"].parent_ref == "A" and controls["a.1"].title == "a.1"  # urn tail, no name
+    assert controls["a.1"].family == "A" and controls["a.1"].assessable and controls["a.1"].depth == 2
+    assert controls["A"].title == "Caf\u00e9"
+    (orphan,) = [r for r in records if isinstance(r, RowError)]
+    assert orphan.location.endswith("[2]") and orphan.field == "parent_urn"
