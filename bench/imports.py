@@ -35,8 +35,8 @@ from models import ImportControlsPayload, JobEnvelope
 from tests.service import prepare_service, produce_raw
 
 LOW_BASELINE = (
-    Path(__file__).resolve().parents[2]
-    / "shared/data/oscal/NIST_SP-800-53_rev5_LOW-baseline-resolved-profile_catalog.json"
+    Path(os.environ.get("SHARED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    / "oscal/NIST_SP-800-53_rev5_LOW-baseline-resolved-profile_catalog.json"
 )
 
 
@@ -65,21 +65,25 @@ def enlarged_catalog(copies: int) -> bytes:
     return json.dumps(source).encode()
 
 
+def control_row(n: int) -> tuple[str, str, str, str, str]:
+    """ref_id, title, statement (two lines), guidance, family of generated control n."""
+    family = f"F{n % 20:02d}"
+    statement = f"The organization reviews accounts for control {n} every {n % 12 + 1} months;\n"
+    statement += "exceptions are logged."
+    return (
+        f"{family}-{n}",
+        f"Control {n}: keep records of access reviews",
+        statement,
+        "Reviews cover privileged and shared accounts.",
+        family,
+    )
+
+
 def large_csv(rows: int) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["ref_id", "title", "statement", "guidance", "family"])
-    for n in range(rows):
-        family = f"F{n % 20:02d}"
-        writer.writerow(
-            [
-                f"{family}-{n}",
-                f"Control {n}: keep records of access reviews",
-                f"The organization reviews accounts for control {n} every {n % 12 + 1} months;\nexceptions are logged.",
-                "Reviews cover privileged and shared accounts.",
-                family,
-            ]
-        )
+    writer.writerows(control_row(n) for n in range(rows))
     return out.getvalue().encode()
 
 
@@ -128,18 +132,7 @@ async def copy_baseline(dsn: str, rows: int) -> float:
         framework = await conn.fetchval(
             "INSERT INTO frameworks (name, version) VALUES ($1, 'copy') RETURNING id", f"Copy {uuid4()}"
         )
-        records = [
-            (
-                framework,
-                f"F{n % 20:02d}-{n}",
-                f"Control {n}: keep records of access reviews",
-                f"The organization reviews accounts for control {n} every {n % 12 + 1} months;\nexceptions are logged.",
-                "Reviews cover privileged and shared accounts.",
-                f"F{n % 20:02d}",
-                f"{n:06d}",
-            )
-            for n in range(rows)
-        ]
+        records = [(framework, *control_row(n), f"{n:06d}") for n in range(rows)]
         started = time.perf_counter()
         await conn.copy_records_to_table(
             "controls",
