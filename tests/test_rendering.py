@@ -1,0 +1,120 @@
+"""Safe rendering: a PDF built from hostile control text fetches nothing and reads no local file,
+spreadsheet cells that look like formulas stay text, and an overrunning render is stopped.
+
+The PDF is rendered the way reports will be, in the spawn-based process pool, and the hostile
+URLs point at a real HTTP server on loopback that counts every request it gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import html
+import io
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import openpyxl
+import pytest
+import xlsxwriter
+from aiohttp import web
+from pypdf import PdfReader
+
+from app.rendering import ASSETS, BundledAssetsOnly, RenderPool, inert_text, render_pdf, write_cell
+from tests.workers import free_port
+
+HOSTILE = 'Review <img src="http://127.0.0.1:{port}/x"> and file:///etc/passwd =HYPERLINK("http://evil")'
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[tuple[int, list[str]]]:
+    requests: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        requests.append(request.path)
+        return web.Response(body=b"body{color:red}", content_type="text/css")
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port, requests
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[RenderPool]:
+    renderer = RenderPool(workers=1)
+    yield renderer
+    renderer.close()
+
+
+async def test_a_pdf_from_hostile_text_fetches_nothing_and_reads_no_local_file(
+    listener: tuple[int, list[str]], pool: RenderPool
+) -> None:
+    port, requests = listener
+    text = HOSTILE.format(port=port)
+    # Escaped, as report builders must do; and, behind that, markup that escaped nobody's escaping.
+    document = f"""<!doctype html><html><head><link rel="stylesheet" href="report.css">
+      <link rel="stylesheet" href="http://127.0.0.1:{port}/remote.css">
+      <style>@import url("http://127.0.0.1:{port}/import.css");
+             body {{ background: url(file:///etc/passwd) }}</style>
+      </head><body><h1>Scorecard</h1><p>{html.escape(text)}</p>
+      <img src="http://127.0.0.1:{port}/raw.png"><img src="file:///etc/passwd"><img src="http://169.254.169.254/x">
+      <iframe src="file:///etc/passwd"></iframe><object data="file:///etc/hostname"></object></body></html>"""
+    pdf = await pool.run(render_pdf, document, timeout=60)
+    assert pdf.startswith(b"%PDF")
+    words = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert f'<img src="http://127.0.0.1:{port}/x">' in words  # the user's text, shown, not obeyed
+    assert "root:" not in words and "/bin/" not in words
+    await asyncio.sleep(0.5)
+    assert requests == []
+
+
+def test_only_bundled_assets_are_served() -> None:
+    fetcher = BundledAssetsOnly()
+    assert fetcher.fetch((ASSETS / "report.css").as_uri()) is not None
+    for url in (
+        "file:///etc/passwd",
+        (ASSETS / ".." / "config.py").as_uri(),  # a path that climbs out of the assets
+        "http://127.0.0.1:1/x",
+        "https://example.com/logo.png",
+        "ftp://10.0.0.1/x",
+    ):
+        with pytest.raises(ValueError, match="not allowed"):
+            fetcher.fetch(url)
+
+
+def test_formula_cells_come_out_inert_in_csv_and_xlsx(tmp_path: Path) -> None:
+    values = ['=HYPERLINK("http://evil","click")', "+1+1", "-2", "@SUM(A1)", "\tx", "\rx", "plain", 42]
+    out = io.StringIO()
+    csv.writer(out).writerow([inert_text(v) for v in values])
+    row = next(csv.reader(io.StringIO(out.getvalue())))
+    assert row[:6] == ["'" + str(v) for v in values[:6]] and row[6:] == ["plain", "42"]
+
+    path = tmp_path / "cells.xlsx"
+    with xlsxwriter.Workbook(path) as book:
+        sheet = book.add_worksheet("Export")
+        for column, value in enumerate(values):
+            write_cell(sheet, 0, column, value)
+    cells = next(openpyxl.load_workbook(path).active.iter_rows())
+    assert [c.data_type for c in cells] == ["s"] * 7 + ["n"]  # strings, never formulas
+    assert cells[0].value == values[0] and cells[7].value == 42
+
+
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+async def test_a_render_that_overruns_is_stopped_and_the_pool_recovers(pool: RenderPool) -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="stopped"):
+        await pool.run(_sleep, 30, timeout=1)
+    assert time.monotonic() - started < 5
+    assert await pool.run(_sleep, 0, timeout=30) == 0
