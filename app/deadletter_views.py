@@ -62,7 +62,7 @@ def admin_queue(handler: Handler) -> Handler:
 
     @authenticated(ADMINS)
     @wraps(handler)
-    async def checked(self: View, request: Request, caller: Caller, queue: str, **path: str) -> Response:
+    async def checked(self: View, request: Request, caller: Caller, queue: str, **path: Any) -> Response:
         try:
             flow = Flow(queue)
         except ValueError:
@@ -103,11 +103,11 @@ class DeadLetterList(View):
 @faust_app.page("/dlq/{queue}/{letter_id}/retry")
 class DeadLetterRetry(View):
     @admin_queue
-    async def post(self, request: Request, caller: Caller, flow: Flow, letter_id: str) -> Response:
+    async def post(self, request: Request, caller: Caller, flow: Flow, letter_id: UUID) -> Response:
         try:
             async with (await resources.pool()).acquire() as conn:
-                replayed = await deadletters.replay(conn, flow, UUID(letter_id), caller.user_id, submit)
-        except (deadletters.ReplayError, ValueError) as exc:
+                replayed = await deadletters.replay(conn, flow, letter_id, caller.user_id, submit)
+        except deadletters.ReplayError as exc:
             return self.json({"error": str(exc)}, status=404 if "no dead letter" in str(exc) else 409)
         return self.json(
             {
@@ -150,13 +150,9 @@ class DeadLetterPurge(View):
 @faust_app.page("/dlq/{queue}/{letter_id}")
 class DeadLetterDetail(View):
     @admin_queue
-    async def get(self, request: Request, caller: Caller, flow: Flow, letter_id: str) -> Response:
-        try:
-            parsed = UUID(letter_id)
-        except ValueError:
-            return self.json({"error": "dead letter id must be a UUID"}, status=400)
+    async def get(self, request: Request, caller: Caller, flow: Flow, letter_id: UUID) -> Response:
         async with (await resources.pool()).acquire() as conn:
-            letter = await deadletters.show(conn, flow, parsed)
+            letter = await deadletters.show(conn, flow, letter_id)
         if letter is None:
             return self.json({"error": f"no dead letter {letter_id} in {flow.value}"}, status=404)
         return self.json(letter)

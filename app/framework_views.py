@@ -52,17 +52,14 @@ class Frameworks(View):
 @faust_app.page("/frameworks/{framework_id}")
 class FrameworkDetail(View):
     @authenticated(ANY_USER)
-    async def get(self, request: Request, caller: Caller, framework_id: str) -> Response:
-        try:
-            parsed = UUID(framework_id)
-        except ValueError:
-            return self.json({"error": "framework id must be a UUID"}, status=400)
+    async def get(self, request: Request, caller: Caller, framework_id: UUID) -> Response:
         async with (await resources.pool()).acquire() as conn:
-            row = await conn.fetchrow(f"{COUNTS} WHERE f.id = $1 GROUP BY f.id", parsed)
+            row = await conn.fetchrow(f"{COUNTS} WHERE f.id = $1 GROUP BY f.id", framework_id)
             if row is None:
                 return self.json({"error": f"no framework {framework_id}"}, status=404)
             families = await conn.fetch(
-                "SELECT ref_id, title FROM control_families WHERE framework_id = $1 ORDER BY sort_key", parsed
+                "SELECT ref_id, title FROM control_families WHERE framework_id = $1 ORDER BY sort_key",
+                framework_id,
             )
             imports = await conn.fetch(
                 """
@@ -70,7 +67,7 @@ class FrameworkDetail(View):
                        error, started_at, finished_at
                   FROM framework_imports WHERE framework_id = $1 ORDER BY started_at DESC LIMIT 50
                 """,
-                parsed,
+                framework_id,
             )
         return self.json(
             {
@@ -98,12 +95,11 @@ class FrameworkControls(View):
     """Keyset-paged by sort key: `after` is the `next` value of the previous page."""
 
     @authenticated(ANY_USER)
-    async def get(self, request: Request, caller: Caller, framework_id: str) -> Response:
+    async def get(self, request: Request, caller: Caller, framework_id: UUID) -> Response:
         try:
-            parsed = UUID(framework_id)
             limit = max(1, min(int(request.query.get("limit", "100")), 500))
         except ValueError as exc:
-            return self.json({"error": f"bad framework id or limit: {exc}"}, status=400)
+            return self.json({"error": f"bad limit: {exc}"}, status=400)
         family = request.query.get("family") or None
         # Matched as a literal substring: LIKE's wildcards in the query are escaped.
         search = (
@@ -116,7 +112,7 @@ class FrameworkControls(View):
         search = search or None
         after = request.query.get("after") or ""
         async with (await resources.pool()).acquire() as conn:
-            if not await conn.fetchval("SELECT 1 FROM frameworks WHERE id = $1", parsed):
+            if not await conn.fetchval("SELECT 1 FROM frameworks WHERE id = $1", framework_id):
                 return self.json({"error": f"no framework {framework_id}"}, status=404)
             rows = await conn.fetch(
                 """
@@ -129,7 +125,7 @@ class FrameworkControls(View):
                  ORDER BY sort_key
                  LIMIT $5
                 """,
-                parsed,
+                framework_id,
                 family,
                 after,
                 search,

@@ -19,14 +19,13 @@ from app.resources import resources
 @faust_app.page("/users/{user_id}/notifications")
 class UserNotifications(View):
     @authenticated(ANY_USER)
-    async def get(self, request: Request, caller: Caller, user_id: str) -> Response:
+    async def get(self, request: Request, caller: Caller, user_id: UUID) -> Response:
         try:
-            owner = UUID(user_id)
             limit = max(1, min(int(request.query.get("limit", "50")), 200))
             before = datetime.fromisoformat(request.query["before"]) if "before" in request.query else None
         except ValueError as exc:
-            return self.json({"error": f"bad user id, limit or before: {exc}"}, status=400)
-        if caller.user_id != owner and not caller.has_any(ADMINS):
+            return self.json({"error": f"bad limit or before: {exc}"}, status=400)
+        if caller.user_id != user_id and not caller.has_any(ADMINS):
             return self.json({"error": "you can only read your own notifications"}, status=403)
         unread_only = request.query.get("unread", "false").lower() == "true"
         async with (await resources.pool()).acquire() as conn:
@@ -39,13 +38,13 @@ class UserNotifications(View):
                  ORDER BY created_at DESC, id DESC
                  LIMIT $4
                 """,
-                owner,
+                user_id,
                 unread_only,
                 before,
                 limit,
             )
             unread = await conn.fetchval(
-                "SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL", owner
+                "SELECT count(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL", user_id
             )
         items = [
             {
@@ -62,11 +61,7 @@ class UserNotifications(View):
 @faust_app.page("/notifications/{notification_id}/read")
 class MarkRead(View):
     @authenticated(ANY_USER)
-    async def post(self, request: Request, caller: Caller, notification_id: str) -> Response:
-        try:
-            parsed = UUID(notification_id)
-        except ValueError:
-            return self.json({"error": "notification id must be a UUID"}, status=400)
+    async def post(self, request: Request, caller: Caller, notification_id: UUID) -> Response:
         async with (await resources.pool()).acquire() as conn:
             row = await conn.fetchrow(
                 """
@@ -74,9 +69,9 @@ class MarkRead(View):
                  WHERE id = $1 AND user_id = $2
                 RETURNING read_at
                 """,
-                parsed,
+                notification_id,
                 caller.user_id,
             )
         if row is None:  # unknown, or someone else's: do not say which
             return self.json({"error": f"no notification {notification_id} for you"}, status=404)
-        return self.json({"id": notification_id, "read_at": row["read_at"].isoformat()})
+        return self.json({"id": str(notification_id), "read_at": row["read_at"].isoformat()})

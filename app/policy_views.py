@@ -19,28 +19,24 @@ from app.resources import resources
 @faust_app.page("/policies/{policy_id}/distribution")
 class PolicyDistribution(View):
     @authenticated(ADMINS)
-    async def get(self, request: Request, caller: Caller, policy_id: str) -> Response:
-        try:
-            parsed = UUID(policy_id)
-        except ValueError:
-            return self.json({"error": "policy id must be a UUID"}, status=400)
+    async def get(self, request: Request, caller: Caller, policy_id: UUID) -> Response:
         async with (await resources.pool()).acquire() as conn:
             policy = await conn.fetchrow(
                 "SELECT version, status, recipients_count, last_distributed_at FROM policies WHERE id = $1",
-                parsed,
+                policy_id,
             )
             if policy is None:
                 return self.json({"error": f"no policy {policy_id}"}, status=404)
             assignments = await conn.fetch(
                 "SELECT status, count(*) AS n FROM policy_assignments"
                 " WHERE policy_id = $1 AND policy_version = $2 GROUP BY status",
-                parsed,
+                policy_id,
                 policy["version"],
             )
             deliveries = await conn.fetch(
                 "SELECT channel, status, count(*) AS n FROM delivery_logs"
                 " WHERE policy_id = $1 AND policy_version = $2 GROUP BY channel, status",
-                parsed,
+                policy_id,
                 policy["version"],
             )
             latest = await conn.fetchrow(
@@ -51,14 +47,14 @@ class PolicyDistribution(View):
                  WHERE c.policy_id = $1
                  GROUP BY c.job_id ORDER BY c.created_at DESC LIMIT 1
                 """,
-                parsed,
+                policy_id,
             )
         delivery: dict[str, dict[str, int]] = {}
         for row in deliveries:
             delivery.setdefault(row["channel"], {})[row["status"]] = row["n"]
         return self.json(
             {
-                "policy_id": policy_id,
+                "policy_id": str(policy_id),
                 "version": policy["version"],
                 "status": policy["status"],
                 "recipients": policy["recipients_count"],

@@ -66,18 +66,14 @@ async def fold_job_events(stream: Any) -> None:
 class JobStatusView(View):
     @faust_app.table_route(table=status_table, match_info="job_id")
     @authenticated(ANY_USER)
-    async def get(self, request: Request, caller: Caller, job_id: str) -> Response:
-        try:
-            parsed = UUID(job_id)
-        except ValueError:
-            return self.json({"error": "job id must be a UUID"}, status=400)
-        current = status_table.get(str(parsed).encode())
+    async def get(self, request: Request, caller: Caller, job_id: UUID) -> Response:
+        current = status_table.get(str(job_id).encode())
         if current is not None:
             return self.json({**current, "source": "live"})
         async with (await resources.pool()).acquire() as conn:
-            stored = await jobstore.get(conn, parsed)
+            stored = await jobstore.get(conn, job_id)
         if stored is None:
-            return self.json({"error": f"no job {parsed}"}, status=404)
+            return self.json({"error": f"no job {job_id}"}, status=404)
         return self.json(stored)
 
 
