@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +103,23 @@ async def prepare_service(stack_env: dict[str, str], log_dir: Path, **extra_env:
         admin_token=issue_token(JWT_SECRET, org.admin_id, [Role.ADMIN]),
         user_token=issue_token(JWT_SECRET, org.user_ids[5], [Role.USER]),
     )
+
+
+@asynccontextmanager
+async def running_service(
+    stack_env: dict[str, str], log_dir: Path, workers: Sequence[str], **extra_env: str
+) -> AsyncIterator[Service]:
+    """A prepared service with the named workers, all stopped on the way out (even if one fails to start)."""
+    service = await prepare_service(stack_env, log_dir, **extra_env)
+    try:
+        for name in workers:
+            await service.start_worker(name)
+        # A later worker's join rebalances the earlier ones: wait until every one holds partitions.
+        for worker in service.workers:
+            await worker.wait_ready()
+        yield service
+    finally:
+        service.stop_all()
 
 
 async def create_policy(

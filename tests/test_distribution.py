@@ -41,7 +41,7 @@ from models import (
     NotificationEventType,
     SendNotificationPayload,
 )
-from tests.service import Service, counts, create_policy, distribution_envelope, prepare_service, produce_job
+from tests.service import Service, counts, create_policy, distribution_envelope, produce_job, running_service
 from tests.workers import api, free_port, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -175,9 +175,10 @@ async def hooks() -> AsyncIterator[Hooks]:
 @pytest.fixture(scope="module")
 async def service(stack, tmp_path_factory, smtp, hooks) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
     _, smtp_port, cert = smtp
-    svc = await prepare_service(
+    async with running_service(
         stack.env,
         tmp_path_factory.mktemp("workers"),
+        ["d1", "d2"],  # both hold partitions before rate limits are measured across them
         SMTP_HOST="127.0.0.1",
         SMTP_PORT=str(smtp_port),
         SMTP_USERNAME=SMTP_USER,
@@ -190,15 +191,8 @@ async def service(stack, tmp_path_factory, smtp, hooks) -> AsyncIterator[Service
         POLICY_WEBHOOK_URLS=hooks.url("policy-events"),
         TOPIC_PARTITIONS=str(PARTITIONS),
         PARTITION_STALL_SECONDS="15",
-    )
-    await svc.start_worker("d1")
-    await svc.start_worker("d2")
-    for worker in svc.workers:  # both must hold partitions before rate limits are measured across them
-        await worker.wait_ready()
-    try:
+    ) as svc:
         yield svc
-    finally:
-        svc.stop_all()
 
 
 async def new_unit(service: Service, users: int) -> UUID:

@@ -17,7 +17,7 @@ import xlsxwriter
 
 from app.config import get_settings
 from app.storage import open_storage
-from tests.service import Service, prepare_service
+from tests.service import Service, running_service
 from tests.workers import api, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,8 @@ needs_shared_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data n
 
 @pytest.fixture(scope="module")
 async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
-    svc = await prepare_service(stack.env, tmp_path_factory.mktemp("workers"))
-    await svc.start_worker("i1")
-    try:
+    async with running_service(stack.env, tmp_path_factory.mktemp("workers"), ["i1"]) as svc:
         yield svc
-    finally:
-        svc.stop_all()
 
 
 async def upload(

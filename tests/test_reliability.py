@@ -41,9 +41,9 @@ from tests.service import (
     create_policy,
     distribution_envelope,
     new_distribution,
-    prepare_service,
     produce_job,
     produce_raw,
+    running_service,
 )
 from tests.workers import GOVERNANCE, api, free_port, wait_for_job
 
@@ -59,24 +59,23 @@ ON_CALL = seed_id("user", 0)  # the demo organisation's admin
 
 @pytest.fixture(scope="module")
 async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
-    svc = await prepare_service(
+    async with running_service(
         stack.env,
         tmp_path_factory.mktemp("workers"),
+        ["r1"],
         RETRY_POLICY=RETRY_POLICY,
         PAYLOAD_ENCRYPTION_KEY=PAYLOAD_KEY,
         WEBHOOK_SIGNING_SECRET=WEBHOOK_SECRET,
         ONCALL_USER_IDS=str(ON_CALL),
-    )
-    await svc.start_worker("r1")
-    try:
-        yield svc
-    finally:
-        svc.stop_all()
-        async with svc.db() as conn:  # the injected failures must not slow later modules
-            for (name,) in await conn.fetch(
-                "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'fail\\_%' AND NOT tgisinternal"
-            ):
-                await conn.execute(f"DROP TRIGGER {name} ON policy_assignments")
+    ) as svc:
+        try:
+            yield svc
+        finally:
+            async with svc.db() as conn:  # the injected failures must not slow later modules
+                for (name,) in await conn.fetch(
+                    "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'fail\\_%' AND NOT tgisinternal"
+                ):
+                    await conn.execute(f"DROP TRIGGER {name} ON policy_assignments")
 
 
 async def failing_policy(service: Service, failures: int) -> tuple[UUID, str]:

@@ -25,9 +25,9 @@ from tests.service import (
     create_policy,
     distribution_envelope,
     new_distribution,
-    prepare_service,
     produce_job,
     produce_raw,
+    running_service,
 )
 from tests.workers import GOVERNANCE, api, wait_for_job
 
@@ -36,12 +36,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
-    svc = await prepare_service(stack.env, tmp_path_factory.mktemp("workers"))
-    await svc.start_worker("a")
-    try:
+    async with running_service(stack.env, tmp_path_factory.mktemp("workers"), ["a"]) as svc:
         yield svc
-    finally:
-        svc.stop_all()
 
 
 async def test_job_from_a_plain_kafka_client_is_processed(service: Service) -> None:
