@@ -102,26 +102,30 @@ async def import_controls(ctx: JobContext) -> ImportResult:
                 )
             raise
 
-        async with ctx.pool.acquire() as conn, conn.transaction():
+        async with ctx.pool.acquire() as conn:
             tally.errors.extend(await _link_parents(conn, framework_id))
-            report_key = f"{job.s3_key}.report.json"
-            result = ImportResult(
-                import_id=job.import_id,
-                framework_id=framework_id,
-                format=fmt,
-                families=tally.families,
-                controls=tally.controls,
-                created=tally.created,
-                updated=tally.updated,
-                unchanged=tally.unchanged,
-                rejected=len(tally.errors),
-                report_key=report_key,
-                errors=[asdict(e) for e in tally.errors[:REPORT_ERRORS_IN_RESULT]],
-            )
-            report = {**result.model_dump(mode="json"), "stopped_at": asdict(stop) if stop else None}
-            report["errors"] = [asdict(e) for e in tally.errors]
-            await storage.put(report_key, json.dumps(report, indent=1).encode(), "application/json")
-            reason = f"stopped at {stop.location}, {stop.field}: {stop.reason}" if stop else None
+        report_key = f"{job.s3_key}.report.json"
+        result = ImportResult(
+            import_id=job.import_id,
+            framework_id=framework_id,
+            format=fmt,
+            families=tally.families,
+            controls=tally.controls,
+            created=tally.created,
+            updated=tally.updated,
+            unchanged=tally.unchanged,
+            rejected=len(tally.errors),
+            report_key=report_key,
+            errors=[asdict(e) for e in tally.errors[:REPORT_ERRORS_IN_RESULT]],
+        )
+        report = {
+            **result.model_dump(mode="json"),
+            "errors": [asdict(e) for e in tally.errors],
+            "stopped_at": asdict(stop) if stop else None,
+        }
+        await storage.put(report_key, json.dumps(report, indent=1).encode(), "application/json")
+        reason = f"stopped at {stop.location}, {stop.field}: {stop.reason}" if stop else None
+        async with ctx.pool.acquire() as conn:
             await conn.execute(
                 """
                 UPDATE framework_imports

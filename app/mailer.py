@@ -20,7 +20,6 @@ class Mailer:
         self.settings = settings
         self._client: aiosmtplib.SMTP | None = None
         self._lock = asyncio.Lock()  # one SMTP transaction at a time on the shared connection
-        self.connections_opened = 0
 
     def _tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.settings.smtp_ca_file or None)
@@ -40,7 +39,6 @@ class Mailer:
         if s.smtp_username:
             await client.login(s.smtp_username, s.smtp_password)
         self._client = client
-        self.connections_opened += 1
         return client
 
     async def send(self, message: EmailMessage) -> None:

@@ -27,7 +27,10 @@ async def reserve(
     pool: asyncpg.Pool, name: str, rate: float, units: int, max_wait: float
 ) -> tuple[bool, float]:
     """Try to take `units` from limiter `name`: (True, seconds until they start) when reserved,
-    (False, seconds until the limiter is free) when the start would be more than `max_wait` away."""
+    (False, seconds until the limiter is free) when the start would be more than `max_wait` away.
+
+    A limiter's row is created by its first call, which the same statement's UPDATE cannot see
+    yet: that call answers (False, 0) and the caller's next try reserves."""
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
             """

@@ -25,12 +25,9 @@ from app.config import get_settings
 from app.db import connect
 from app.devstack import start_stack
 from app.seed import seed_bulk_users
+from bench import result
 from models import DistributePolicyPayload, JobEnvelope
 from tests.service import create_policy, prepare_service, produce_raw
-
-
-def result(name: str, value: float, unit: str) -> None:
-    print(f"RESULT {name} {value:.3f} {unit}", flush=True)
 
 
 async def copy_baseline(dsn: str, policy_id: object, user_ids: list[object]) -> float:

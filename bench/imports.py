@@ -31,6 +31,7 @@ from app.config import get_settings
 from app.db import connect
 from app.devstack import start_stack
 from app.storage import open_storage
+from bench import result
 from models import ImportControlsPayload, JobEnvelope
 from tests.service import prepare_service, produce_raw
 
@@ -38,10 +39,6 @@ LOW_BASELINE = (
     Path(os.environ.get("SHARED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
     / "oscal/NIST_SP-800-53_rev5_LOW-baseline-resolved-profile_catalog.json"
 )
-
-
-def result(name: str, value: float, unit: str) -> None:
-    print(f"RESULT {name} {value:.3f} {unit}", flush=True)
 
 
 def enlarged_catalog(copies: int) -> bytes:

@@ -27,11 +27,11 @@ def detect_format(path: Path, name: str) -> ImportFormat:
     """By content first (a zip is XLSX; JSON with a catalog is OSCAL), then by file name."""
     if zipfile.is_zipfile(path):
         return ImportFormat.XLSX
-    head = path.open("rb").read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    lowered = name.lower()
-    if head.startswith(b"{"):
+    with path.open("rb") as handle:
+        head = handle.read(1 << 20)
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
         return ImportFormat.OSCAL
-    if lowered.endswith((".yaml", ".yml")) or b"requirement_nodes" in path.open("rb").read(1 << 20):
+    if name.lower().endswith((".yaml", ".yml")) or b"requirement_nodes" in head:
         return ImportFormat.CISO_ASSISTANT_YAML
     return ImportFormat.CSV
 

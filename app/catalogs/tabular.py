@@ -34,7 +34,8 @@ csv.field_size_limit(1 << 20)  # a cell may hold a long control text, not more t
 
 
 def read_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
-    sample = path.open("rb").read(SAMPLE_BYTES)
+    with path.open("rb") as handle:
+        sample = handle.read(SAMPLE_BYTES)
     encoding = "utf-8-sig" if sample.startswith(b"\xef\xbb\xbf") else "utf-8"
     try:
         sample.decode(encoding).encode()
