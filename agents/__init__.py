@@ -6,14 +6,13 @@ consumed and a job sent there ends FAILED with a clear reason instead of waiting
 
 from __future__ import annotations
 
-from agents import framework_import, notification, policy
+from agents import framework_import, notification, policy, reporting
 from app.runner import FlowSpec, register_flow
 from models import Flow
 
 # (concurrency, timeout seconds) from the design's per-queue table.
 _NOT_YET_HANDLED = {
     Flow.ASSESSMENT: (3, 300),
-    Flow.REPORTING: (2, 300),
     Flow.EVIDENCE: (4, 120),
     Flow.EXPORT: (2, 180),
     Flow.AUDIT: (1, 600),
@@ -21,4 +20,4 @@ _NOT_YET_HANDLED = {
 for _flow, (_concurrency, _timeout) in _NOT_YET_HANDLED.items():
     register_flow(FlowSpec(flow=_flow, concurrency=_concurrency, timeout_seconds=_timeout, handlers={}))
 
-__all__ = ["framework_import", "notification", "policy"]
+__all__ = ["framework_import", "notification", "policy", "reporting"]

@@ -103,6 +103,8 @@ class Settings:
     partition_stall_seconds: float = field(
         default_factory=lambda: _env_float("PARTITION_STALL_SECONDS", 120.0)
     )
+    # Processes rendering PDF and XLSX files (reports, exports), shared by every flow of a worker.
+    render_processes: int = field(default_factory=lambda: _env_int("RENDER_PROCESSES", 2))
     # Links in notifications point here, e.g. {portal_url}/policies/<id>.
     portal_url: str = field(default_factory=lambda: _env("PORTAL_URL", "http://localhost:3000"))
 

@@ -112,6 +112,10 @@ class IntakeView(View):
     async def read_body(self, request: Request) -> dict[str, Any]:
         return await read_json(request)
 
+    def extra_answer(self, envelope: JobEnvelope) -> dict[str, Any]:
+        """What the caller needs besides the job: the id and URLs of what the job makes."""
+        return {}
+
     async def post(self, request: Request, **path: str) -> Response:
         status, answer = await self._handle(request, path)
         metrics.INTAKE_REQUESTS.labels(self.endpoint, str(status)).inc()
@@ -139,6 +143,7 @@ class IntakeView(View):
             "job_type": envelope.job_type.value,
             "status": "QUEUED" if created else "ALREADY_SUBMITTED",
             "status_url": f"/jobs/{job_id}",
+            **self.extra_answer(envelope),
         }
         log.info("job accepted", extra={"job_id": job_id, "endpoint": self.endpoint, "new_job": created})
         return (202 if created else 200), answer
@@ -192,6 +197,17 @@ class GenerateReport(IntakeView):
         )
         return envelope
 
+    def extra_answer(self, envelope: JobEnvelope) -> dict[str, Any]:
+        return artifact_answer("reports", envelope.payload.report_id)
+
+
+def artifact_answer(table: str, artifact_id: UUID) -> dict[str, Any]:
+    return {
+        f"{table[:-1]}_id": str(artifact_id),
+        f"{table[:-1]}_status_url": f"/{table}/{artifact_id}/status",
+        "download_url": f"/{table}/{artifact_id}/download",
+    }
+
 
 @faust_app.page("/assessments/schedule")
 class ScheduleAssessment(IntakeView):
@@ -232,7 +248,24 @@ class ExportData(IntakeView):
     endpoint = "export_data"
 
     async def build(self, req: IntakeRequest) -> JobEnvelope:
-        return req.envelope(ExportDataPayload.model_validate(req.body))
+        payload = ExportDataPayload.model_validate(req.body)
+        envelope = req.envelope(payload)
+        await req.conn.execute(
+            """
+            INSERT INTO exports (id, entity, format, parameters, requested_by, job_id)
+            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING
+            """,
+            payload.export_id,
+            payload.entity.value,
+            payload.format.value,
+            payload.model_dump(mode="json"),
+            req.caller.user_id,
+            envelope.job_id,
+        )
+        return envelope
+
+    def extra_answer(self, envelope: JobEnvelope) -> dict[str, Any]:
+        return artifact_answer("exports", envelope.payload.export_id)
 
 
 @faust_app.page("/imports")

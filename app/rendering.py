@@ -8,7 +8,8 @@ and CPU-bound rendering kept off the event loop.
   spreadsheet: CSV gets it with a leading apostrophe, XLSX gets it as a string cell (never a
   formula), so `=HYPERLINK(...)` arrives as inert text.
 - PDF and XLSX rendering runs in a process pool with a time limit; a render that overruns is
-  killed with its process, so it never holds up heartbeats, rebalances or other flows.
+  killed with its process (and only that one), so it never holds up heartbeats, rebalances or
+  other flows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import logging
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -53,8 +56,12 @@ def render_pdf(html: str) -> bytes:
 
 
 def write_cell(worksheet: Any, row: int, column: int, value: object, cell_format: Any = None) -> None:
-    """An xlsxwriter cell: numbers stay numbers, everything else is a string cell, never a formula."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """An xlsxwriter cell: numbers stay numbers, datetimes become Excel dates in UTC (give a date
+    `cell_format`), everything else is a string cell, never a formula."""
+    if isinstance(value, datetime):
+        naive = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+        worksheet.write_datetime(row, column, naive, cell_format)
+    elif isinstance(value, bool) or not isinstance(value, int | float):
         worksheet.write_string(row, column, "" if value is None else str(value), cell_format)
     else:
         worksheet.write_number(row, column, value, cell_format)
@@ -67,38 +74,51 @@ def inert_text(value: object) -> str:
 
 
 class RenderPool:
-    """A process pool for CPU-bound rendering, with a time limit per render."""
+    """Processes for CPU-bound rendering, each running one render at a time, with a time limit.
+
+    Every process is a single-worker executor of its own, so a render that overruns (or whose
+    job was cancelled) is stopped by terminating its process alone: renders of other jobs in the
+    other processes carry on, and a fresh process takes the stopped one's place.
+    """
 
     def __init__(self, workers: int = 2) -> None:
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn: a forked child would inherit the worker's Kafka and database sockets.
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
-        return self._pool
+        self._idle: asyncio.Queue[ProcessPoolExecutor] | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
-        loop = asyncio.get_running_loop()
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for _ in range(self.workers):
+                self._idle.put_nowait(_new_process())
+        executor = await self._idle.get()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._executor(), fn, *args), timeout)
+            future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            self.kill()
-            raise TimeoutError(f"rendering took longer than {timeout} s and was stopped") from None
-
-    def kill(self) -> None:
-        """Stop every render in progress (their processes are terminated) and start afresh."""
-        if self._pool is None:
-            return
-        # The executor cannot cancel a running task; its processes (a private map) are terminated.
-        for process in list(getattr(self._pool, "_processes", {}).values()):
-            process.terminate()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = None
+            _terminate(executor)
+            executor = _new_process()
+            raise TimeoutError(f"rendering took longer than {timeout:.0f} s and was stopped") from None
+        except (asyncio.CancelledError, BrokenProcessPool):
+            _terminate(executor)  # a cancelled job's render would otherwise run on unseen
+            executor = _new_process()
+            raise
+        finally:
+            self._idle.put_nowait(executor)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the idle processes (renders in progress have finished by the time a worker stops)."""
+        while self._idle is not None and not self._idle.empty():
+            self._idle.get_nowait().shutdown(wait=True, cancel_futures=True)
+        self._idle = None
+
+
+def _new_process() -> ProcessPoolExecutor:
+    # spawn: a forked child would inherit the worker's Kafka and database sockets.
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _terminate(executor: ProcessPoolExecutor) -> None:
+    # An executor cannot cancel a running call; its process (in a private map) is terminated.
+    for process in list(getattr(executor, "_processes", {}).values()):
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)

@@ -14,6 +14,7 @@ import asyncpg
 from app.config import get_settings
 from app.db import create_pool
 from app.mailer import Mailer
+from app.rendering import RenderPool
 from app.storage import Storage, open_storage
 
 
@@ -22,6 +23,7 @@ class Resources:
         self._pool: asyncpg.Pool | None = None
         self._storage: Storage | None = None
         self._mailer: Mailer | None = None
+        self._render_pool: RenderPool | None = None
         self._exit_stack = AsyncExitStack()
         self._lock = asyncio.Lock()
 
@@ -46,7 +48,15 @@ class Resources:
             self._mailer = Mailer(get_settings())
         return self._mailer
 
+    def render_pool(self) -> RenderPool:
+        if self._render_pool is None:
+            self._render_pool = RenderPool(get_settings().render_processes)
+        return self._render_pool
+
     async def close(self) -> None:
+        if self._render_pool is not None:
+            self._render_pool.close()
+            self._render_pool = None
         if self._mailer is not None:
             await self._mailer.close()
             self._mailer = None

@@ -200,6 +200,9 @@ class FlowSpec:
     heartbeat: bool = False
     # Jobs per second this flow may start across the whole deployment (app.ratelimit); None: no limit.
     rate_per_second: float | None = None
+    # Called once a job of the flow is dead (out of attempts or not retryable), with its error, so
+    # the flow can record the failure where people look for it (a report's status, say).
+    on_dead: Callable[[JobContext, dict[str, Any]], Awaitable[None]] | None = None
 
 
 def register_flow(spec: FlowSpec) -> None:
@@ -355,6 +358,11 @@ async def handle_failure(spec: FlowSpec, ctx: JobContext, exc: Exception, delive
         retry = envelope.next_attempt(not_before=datetime.now(UTC) + timedelta(seconds=delay))
         await schedule_retry(spec.flow, retry, delay, delivery, error, "failed")
     else:
+        if spec.on_dead is not None:
+            try:
+                await spec.on_dead(ctx, error)
+            except Exception:  # the dead letter matters more; the job's own state still says DEAD
+                log.exception("recording a dead job in its flow failed", extra={"job_id": str(ctx.job_id)})
         await dead_letter(spec.flow, ctx, error, delivery)
         return
     log.warning(

@@ -6,6 +6,8 @@ expire objects by prefix; downloads go through presigned URLs, never through the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -20,6 +22,8 @@ from botocore.exceptions import ClientError
 from app.config import Settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Multipart uploads: S3 wants parts of at least 5 MiB (except the last).
+PART_BYTES = 8 * 1024 * 1024
 
 
 def safe_name(name: str) -> str:
@@ -51,6 +55,33 @@ class Storage:
 
     async def put(self, key: str, body: bytes, content_type: str) -> None:
         await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+
+    async def upload_file(self, key: str, path: Path, content_type: str, download_name: str) -> int:
+        """Store a local file, in parts of PART_BYTES once it is larger than one part, so memory
+        stays bounded whatever the file's size. Downloads save it as `download_name`."""
+        headers = {
+            "ContentType": content_type,
+            "ContentDisposition": f'attachment; filename="{safe_name(download_name)}"',
+        }
+        with path.open("rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            if size <= PART_BYTES:
+                await self._client.put_object(Bucket=self.bucket, Key=key, Body=source.read(), **headers)
+                return size
+            upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **headers)
+            target = {"Bucket": self.bucket, "Key": key, "UploadId": upload["UploadId"]}
+            try:
+                parts = []
+                while chunk := source.read(PART_BYTES):
+                    number = len(parts) + 1
+                    answer = await self._client.upload_part(**target, PartNumber=number, Body=chunk)
+                    parts.append({"ETag": answer["ETag"], "PartNumber": number})
+                await self._client.complete_multipart_upload(**target, MultipartUpload={"Parts": parts})
+            except BaseException:
+                with contextlib.suppress(Exception):  # the original error matters more
+                    await self._client.abort_multipart_upload(**target)
+                raise
+        return size
 
     async def get(self, key: str) -> bytes:
         response = await self._client.get_object(Bucket=self.bucket, Key=key)

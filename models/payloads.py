@@ -22,7 +22,16 @@ from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
-from pydantic import AfterValidator, Field, HttpUrl, JsonValue, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    HttpUrl,
+    JsonValue,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from models.common import Bool, CalendarDate, ContractModel, Int, ShortText, UniqueList, UtcDatetime
 from models.flows import JobType
@@ -502,7 +511,22 @@ class ExportDataPayload(JobPayload):
     )
     entity: ExportEntity = Field(description="What to export.")
     format: ExportFormat = Field(description="Output file format.")
-    filters: ExportFilters = Field(default_factory=ExportFilters, description="Restrictions; default none.")
+    filters: ExportFilters = Field(
+        default_factory=ExportFilters,
+        description="Restrictions; default none. framework_ids applies to CONTROLS, ASSESSMENTS and "
+        "EVIDENCE; business_unit_ids to ASSESSMENTS, EVIDENCE, POLICIES (targeted units) and "
+        "ASSIGNMENTS (the assignee's unit).",
+    )
+
+    @field_validator("filters")
+    @classmethod
+    def _filters_apply(cls, filters: ExportFilters, info: ValidationInfo) -> ExportFilters:
+        entity = info.data.get("entity")  # absent when entity itself was invalid
+        if filters.framework_ids and entity in (ExportEntity.POLICIES, ExportEntity.ASSIGNMENTS):
+            raise ValueError(f"framework_ids does not apply to {entity.value}")
+        if filters.business_unit_ids and entity is ExportEntity.CONTROLS:
+            raise ValueError("business_unit_ids does not apply to CONTROLS")
+        return filters
 
 
 class ImportControlsPayload(JobPayload):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import aiohttp
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from app.auth import issue_token
@@ -19,9 +22,14 @@ from app.db import connect, migrate
 from app.seed import DemoOrg, seed_demo_org
 from app.topics import ensure_topics
 from models import DistributePolicyPayload, JobEnvelope, Role
-from tests.workers import WorkerProcess, api
+from tests.workers import WorkerProcess, api, wait_for_job
 
 JWT_SECRET = "integration-test-secret-of-32-bytes-or-more"
+# The real catalogs live beside the repository (../shared/data, see its README); SHARED_DATA_DIR
+# points elsewhere. Without them the real-file tests are skipped and say why (pytest -ra).
+DATA = Path(os.environ.get("SHARED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+LOW_BASELINE = DATA / "oscal" / "NIST_SP-800-53_rev5_LOW-baseline-resolved-profile_catalog.json"
+needs_shared_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
 # One consumer group for the whole session, so a module's workers resume where the last stopped.
 APP_ID = f"governance-test-{uuid4().hex[:8]}"
 
@@ -188,3 +196,27 @@ async def new_distribution(service: Service, units: list[UUID], title: str = "Te
     async with service.db() as conn:
         policy_id = await create_policy(conn, roles=["EMPLOYEE"], units=units, title=title)
     return distribution_envelope(policy_id, units)
+
+
+async def upload(
+    service: Service, name: str, data: bytes, framework: str, version: str = "1", **fields: Any
+) -> tuple[int, dict[str, Any]]:
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename=name)
+    form.add_field("framework_name", framework)
+    form.add_field("framework_version", version)
+    for key, value in fields.items():
+        form.add_field(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    status, body = await api("POST", f"{service.url}/imports", token=service.admin_token, data=form)
+    assert status == 202, body
+    return status, body
+
+
+async def run_import(
+    service: Service, name: str, data: bytes, framework: str, **fields: Any
+) -> dict[str, Any]:
+    """Upload, wait for the job to finish (either way), return its status."""
+    _, body = await upload(service, name, data, framework, **fields)
+    return await wait_for_job(
+        service.url, body["job_id"], service.admin_token, ("COMPLETED", "DEAD"), timeout=120
+    )

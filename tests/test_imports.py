@@ -4,60 +4,29 @@ through the real intake (multipart upload), Kafka, PostgreSQL and S3."""
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-import aiohttp
 import pytest
 import xlsxwriter
 
 from app.config import get_settings
 from app.storage import open_storage
-from tests.service import Service, running_service
-from tests.workers import api, wait_for_job
+from tests.service import DATA, LOW_BASELINE, Service, needs_shared_data, run_import, running_service
+from tests.workers import api
 
 pytestmark = pytest.mark.integration
 
-# The real catalogs live beside the repository (../shared/data, see its README); SHARED_DATA_DIR
-# points elsewhere. Without them the two real-file tests are skipped and say why (pytest -ra).
-DATA = Path(os.environ.get("SHARED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-LOW_BASELINE = DATA / "oscal" / "NIST_SP-800-53_rev5_LOW-baseline-resolved-profile_catalog.json"
 CSF = DATA / "frameworks" / "nist-csf-2.0.yaml"
-needs_shared_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
 
 
 @pytest.fixture(scope="module")
 async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
     async with running_service(stack.env, tmp_path_factory.mktemp("workers"), ["i1"]) as svc:
         yield svc
-
-
-async def upload(
-    service: Service, name: str, data: bytes, framework: str, version: str = "1", **fields: Any
-) -> tuple[int, dict[str, Any]]:
-    form = aiohttp.FormData()
-    form.add_field("file", data, filename=name)
-    form.add_field("framework_name", framework)
-    form.add_field("framework_version", version)
-    for key, value in fields.items():
-        form.add_field(key, json.dumps(value) if isinstance(value, dict) else str(value))
-    status, body = await api("POST", f"{service.url}/imports", token=service.admin_token, data=form)
-    assert status == 202, body
-    return status, body
-
-
-async def run_import(
-    service: Service, name: str, data: bytes, framework: str, **fields: Any
-) -> dict[str, Any]:
-    """Upload, wait for the job to finish (either way), return its status."""
-    _, body = await upload(service, name, data, framework, **fields)
-    return await wait_for_job(
-        service.url, body["job_id"], service.admin_token, ("COMPLETED", "DEAD"), timeout=120
-    )
 
 
 async def report(key: str) -> dict[str, Any]:

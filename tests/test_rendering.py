@@ -49,7 +49,7 @@ async def listener() -> AsyncIterator[tuple[int, list[str]]]:
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[RenderPool]:
-    renderer = RenderPool(workers=1)
+    renderer = RenderPool(workers=2)
     yield renderer
     renderer.close()
 
@@ -112,9 +112,14 @@ def _sleep(seconds: float) -> float:
     return seconds
 
 
-async def test_a_render_that_overruns_is_stopped_and_the_pool_recovers(pool: RenderPool) -> None:
+async def test_a_render_that_overruns_is_stopped_alone_and_the_pool_recovers(pool: RenderPool) -> None:
     started = time.monotonic()
+    # Given a render of another job running beside it
+    neighbour = asyncio.create_task(pool.run(_sleep, 3, timeout=30))
+    # When one render overruns its limit
     with pytest.raises(TimeoutError, match="stopped"):
         await pool.run(_sleep, 30, timeout=1)
+    # Then it is stopped at its limit, the neighbour finishes, and the pool has both processes again
     assert time.monotonic() - started < 5
-    assert await pool.run(_sleep, 0, timeout=30) == 0
+    assert await neighbour == 3
+    assert await asyncio.gather(pool.run(_sleep, 0, timeout=30), pool.run(_sleep, 0, timeout=30)) == [0, 0]
