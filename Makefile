@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 LINT_PATHS := $(wildcard app agents models tests bench)
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint bench run
+# make run CATALOG=path/to/catalog.json reports on that OSCAL catalog instead of the shared LOW baseline.
+CATALOG ?=
+CATALOG_ARG = $(if $(CATALOG),--catalog "$(CATALOG)")
+
+.PHONY: venv test lint bench run preview
 
 venv: $(STAMP)
 
@@ -33,4 +37,8 @@ bench: venv
 	done
 
 run: venv
-	$(VENV)/bin/governance dev
+	$(VENV)/bin/governance dev $(CATALOG_ARG)
+
+# The first pages of a scorecard as PNG in var/preview (needs poppler-utils for pdftoppm).
+preview: venv
+	$(VENV)/bin/governance preview $(CATALOG_ARG)

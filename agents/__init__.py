@@ -6,7 +6,7 @@ consumed and a job sent there ends FAILED with a clear reason instead of waiting
 
 from __future__ import annotations
 
-from agents import framework_import, notification, policy, reporting
+from agents import export, framework_import, notification, policy, reporting
 from app.runner import FlowSpec, register_flow
 from models import Flow
 
@@ -14,10 +14,9 @@ from models import Flow
 _NOT_YET_HANDLED = {
     Flow.ASSESSMENT: (3, 300),
     Flow.EVIDENCE: (4, 120),
-    Flow.EXPORT: (2, 180),
     Flow.AUDIT: (1, 600),
 }
 for _flow, (_concurrency, _timeout) in _NOT_YET_HANDLED.items():
     register_flow(FlowSpec(flow=_flow, concurrency=_concurrency, timeout_seconds=_timeout, handlers={}))
 
-__all__ = ["framework_import", "notification", "policy", "reporting"]
+__all__ = ["export", "framework_import", "notification", "policy", "reporting"]

@@ -81,6 +81,8 @@ async def generate_report(ctx: JobContext) -> ReportResult:
     )
     size, _ = await artifacts.render_and_store(
         ctx,
+        REPORTS,
+        job.report_id,
         key,
         write_report,
         (document,),

@@ -64,6 +64,8 @@ async def progress(
 
 async def render_and_store(
     ctx: JobContext,
+    kind: ArtifactKind,
+    artifact_id: UUID,
     key: str,
     render: Callable[..., Any],
     args: tuple[Any, ...],
@@ -77,6 +79,7 @@ async def render_and_store(
         path = Path(workdir) / "file"
         timeout = max(ctx.time_left() - STORE_RESERVE_SECONDS, 1.0)
         rendered = await resources.render_pool().run(render, *args, path, timeout=timeout)
+        await progress(ctx, kind, artifact_id, 75, f"storing {path.stat().st_size} bytes")
         storage = await resources.storage()
         size = await storage.upload_file(key, path, content_type, download_name)
     return size, rendered

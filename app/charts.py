@@ -99,7 +99,7 @@ def family_bars(families: list[tuple[str, StatusTotals]], width: int = 640) -> s
         y = top + n * row_height
         percent = totals.compliance_percent
         bar = bar_space * (percent or 0) / 100
-        shown = escape(label if len(label) <= 34 else label[:33] + "…")
+        shown = escape(label if len(label) <= 30 else label[:29] + "…")  # what fits left of the bars
         value = "n/a" if percent is None else f"{percent:.0f}%"
         rows.append(
             f'<text x="{label_width - 6}" y="{y + 12}" font-size="10" text-anchor="end">{shown}</text>'
@@ -107,7 +107,7 @@ def family_bars(families: list[tuple[str, StatusTotals]], width: int = 640) -> s
             f'<rect x="{label_width}" y="{y + 2}" width="{bar:.1f}" height="12"'
             f' fill="{score_colour(percent)}"/>'
             f'<text x="{label_width + bar_space + 6}" y="{y + 12}" font-size="10">{value}'
-            f" · {totals.controls}</text>"
+            f" of {totals.controls}</text>"
         )
     ticks = "".join(
         f'<text x="{x:.1f}" y="11" font-size="9" fill="#777" text-anchor="middle">{t}%</text>'

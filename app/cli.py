@@ -1,4 +1,4 @@
-"""`governance` command: worker, migrate, topics, enqueue, token, schema, dev."""
+"""`governance` command: worker, migrate, topics, enqueue, token, schema, dlq, dev, preview."""
 
 from __future__ import annotations
 
@@ -74,7 +74,15 @@ def cmd_schema(args: argparse.Namespace) -> None:
 def cmd_dev(args: argparse.Namespace) -> None:
     from app.devstack.embedded import run_embedded
 
-    run_embedded(Path(args.workdir))
+    run_embedded(Path(args.workdir), Path(args.catalog) if args.catalog else None)
+
+
+def cmd_preview(args: argparse.Namespace) -> None:
+    from app.devstack.embedded import preview_scorecard
+
+    preview_scorecard(
+        Path(args.workdir), Path(args.catalog) if args.catalog else None, Path(args.out), args.pages
+    )
 
 
 def cmd_dlq(args: argparse.Namespace) -> None:
@@ -161,8 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     purge.add_argument("--older-than-days", type=float, required=True)
     dlq.set_defaults(func=cmd_dlq)
     sub.add_parser("schema", help="regenerate JSON Schema and AsyncAPI files").set_defaults(func=cmd_schema)
-    dev = sub.add_parser("dev", help="embedded stack + worker + demo, until Ctrl-C")
+    dev = sub.add_parser("dev", help="embedded stack + worker + the main jobs on demo data, until Ctrl-C")
     dev.add_argument("--workdir", default=os.environ.get("DEV_WORKDIR", "var/dev"))
+    dev.add_argument(
+        "--catalog", help="OSCAL catalog to import and report on (default: the shared LOW baseline)"
+    )
     dev.set_defaults(func=cmd_dev)
+    preview = sub.add_parser("preview", help="a scorecard PDF of a catalog, its first pages as PNG")
+    preview.add_argument("--workdir", default="var/preview-stack")
+    preview.add_argument("--catalog", help="OSCAL catalog (default: the shared LOW baseline)")
+    preview.add_argument("--out", default="var/preview")
+    preview.add_argument("--pages", type=int, default=4)
+    preview.set_defaults(func=cmd_preview)
     args = parser.parse_args(argv)
     args.func(args)

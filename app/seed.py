@@ -168,3 +168,39 @@ async def seed_bulk_users(
         roles,
     )
     return inserted
+
+
+async def seed_demo_assessment(
+    conn: asyncpg.Connection, framework_id: uuid.UUID, business_unit_ids: Sequence[uuid.UUID]
+) -> int:
+    """A completed demo assessment per business unit with generated results for every assessable
+    control, so a demo scorecard has something to show. Results are drawn from a hash of
+    (unit, control): the same framework always gets the same results. Returns the results written."""
+    written: int = await conn.fetchval(
+        """
+        WITH created AS (
+            INSERT INTO assessments (id, name, framework_id, business_unit_id, status, completed_at)
+            SELECT md5($1::uuid::text || ':' || unit)::uuid, 'Demo assessment (generated results)',
+                   $1::uuid, unit, 'COMPLETED', now()
+              FROM unnest($2::uuid[]) AS unit
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id, business_unit_id
+        ), results AS (
+            INSERT INTO assessment_results (assessment_id, control_id, status, notes)
+            SELECT a.id, c.id,
+                   CASE WHEN draw < 55 THEN 'PASS' WHEN draw < 70 THEN 'PARTIAL' WHEN draw < 85 THEN 'FAIL'
+                        WHEN draw < 90 THEN 'NOT_APPLICABLE' ELSE 'NOT_TESTED' END,
+                   'Generated for the demo'
+              FROM created a JOIN controls c ON c.framework_id = $1::uuid AND c.assessable AND NOT c.withdrawn
+             CROSS JOIN LATERAL (
+                 SELECT get_byte(decode(md5(a.business_unit_id::text || c.ref_id), 'hex'), 0) * 100 / 256
+             ) AS d(draw)
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        )
+        SELECT count(*) FROM results
+        """,
+        framework_id,
+        list(business_unit_ids),
+    )
+    return written

@@ -29,16 +29,11 @@ import asyncpg
 
 from app.config import get_settings
 from app.db import connect
-from app.devstack import start_stack
+from app.devstack import LOW_BASELINE, start_stack
 from app.storage import open_storage
 from bench import result
 from models import ImportControlsPayload, JobEnvelope
 from tests.service import prepare_service, produce_raw
-
-LOW_BASELINE = (
-    Path(os.environ.get("SHARED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    / "oscal/NIST_SP-800-53_rev5_LOW-baseline-resolved-profile_catalog.json"
-)
 
 
 def enlarged_catalog(copies: int) -> bytes:

@@ -19,17 +19,17 @@ from aiokafka import AIOKafkaProducer
 from app.auth import issue_token
 from app.config import get_settings
 from app.db import connect, migrate
+from app.devstack import SHARED_DATA
 from app.seed import DemoOrg, seed_demo_org
 from app.topics import ensure_topics
 from models import DistributePolicyPayload, JobEnvelope, Role
 from tests.workers import WorkerProcess, api, wait_for_job
 
 JWT_SECRET = "integration-test-secret-of-32-bytes-or-more"
-# The real catalogs live beside the repository (../shared/data, see its README); SHARED_DATA_DIR
-# points elsewhere. Without them the real-file tests are skipped and say why (pytest -ra).
-DATA = Path(os.environ.get("SHARED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-LOW_BASELINE = DATA / "oscal" / "NIST_SP-800-53_rev5_LOW-baseline-resolved-profile_catalog.json"
-needs_shared_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+# Without the real catalogs (app.devstack.SHARED_DATA) the real-file tests are skipped and say why.
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}"
+)
 # One consumer group for the whole session, so a module's workers resume where the last stopped.
 APP_ID = f"governance-test-{uuid4().hex[:8]}"
 

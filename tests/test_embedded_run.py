@@ -1,7 +1,9 @@
-"""`make run` keeps working: the embedded stack starts, the demo policy is distributed, Ctrl-C stops it."""
+"""`make run` keeps working: the embedded stack starts, the demo policy is distributed, the NIST LOW
+baseline is imported and its scorecard produced as PDF and XLSX with download links, Ctrl-C stops it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from app.devstack import LOW_BASELINE
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +30,23 @@ OWN_SERVICES = (
 )
 
 
-def test_make_run_distributes_the_demo_policy_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+async def fetch(url: str) -> bytes:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200
+        return await resp.read()
+
+
+def test_make_run_distributes_the_demo_policy_reports_on_a_catalog_and_stops_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
     env = {k: v for k, v in os.environ.items() if k not in OWN_SERVICES}
     log = tmp_path / "dev.log"
+    command = [str(Path(sys.executable).with_name("governance")), "dev", "--workdir", str(tmp_path / "dev")]
+    if LOW_BASELINE.is_file():  # as `make run CATALOG=...` passes it
+        command += ["--catalog", str(LOW_BASELINE)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("governance")), "dev", "--workdir", str(tmp_path / "dev")],
+            command,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -46,6 +62,16 @@ def test_make_run_distributes_the_demo_policy_and_stops_on_ctrl_c(tmp_path: Path
         assert "COMPLETED  100%" in output
         assert "'recipients': 334" in output  # 500 demo users, two of three business units
         assert "export TOKEN=" in output
+        if LOW_BASELINE.is_file():
+            assert "149 controls in 18 families, 0 rejected" in output
+            links = [
+                line.split(": ", 1)[1] for line in output.splitlines() if "download (valid 7 days)" in line
+            ]
+            assert len(links) == 2 and ".pdf?" in links[0] and ".xlsx?" in links[1]
+            assert asyncio.run(fetch(links[0])).startswith(b"%PDF")
+            assert asyncio.run(fetch(links[1])).startswith(b"PK")  # a zip: XLSX
+        else:
+            assert "skipping the report demo" in output
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=90) in (0, -signal.SIGINT, 130), log.read_text()
     finally:

@@ -14,13 +14,14 @@ import pytest
 import xlsxwriter
 
 from app.config import get_settings
+from app.devstack import LOW_BASELINE, SHARED_DATA
 from app.storage import open_storage
-from tests.service import DATA, LOW_BASELINE, Service, needs_shared_data, run_import, running_service
+from tests.service import Service, needs_shared_data, run_import, running_service
 from tests.workers import api
 
 pytestmark = pytest.mark.integration
 
-CSF = DATA / "frameworks" / "nist-csf-2.0.yaml"
+CSF = SHARED_DATA / "frameworks" / "nist-csf-2.0.yaml"
 
 
 @pytest.fixture(scope="module")

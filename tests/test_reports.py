@@ -22,10 +22,11 @@ from pypdf import PdfReader
 
 from app.auth import issue_token
 from app.config import get_settings
+from app.devstack import LOW_BASELINE
 from app.storage import open_storage
 from models import Role
 from models.schema import REPORT_SCHEMA_FILE, SCHEMA_DIR
-from tests.service import JWT_SECRET, LOW_BASELINE, Service, needs_shared_data, run_import, running_service
+from tests.service import JWT_SECRET, Service, needs_shared_data, run_import, running_service
 from tests.workers import api, free_port, wait_for_job
 
 pytestmark = pytest.mark.integration

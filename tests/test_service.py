@@ -318,15 +318,16 @@ async def test_every_intake_endpoint_accepts_valid_and_refuses_unknown_entities(
     package = {"framework_id": missing, "period_start": "2026-01-01", "period_end": "2026-06-30"}
     assert (await api("POST", f"{base}/audit/packages/generate", token=admin, json=package))[0] == 404
     package["framework_id"] = str(framework_id)
-    assert (await api("POST", f"{base}/audit/packages/generate", token=admin, json=package))[0] == 202
+    status, packaged = await api("POST", f"{base}/audit/packages/generate", token=admin, json=package)
+    assert status == 202
 
     assert (await api("POST", f"{base}/exports", token=user, json={"entity": "CONTROLS"}))[0] == 422
     status, body = await api(
         "POST", f"{base}/exports", token=user, json={"entity": "CONTROLS", "format": "CSV"}
     )
-    assert status == 202
+    assert status == 202 and body["export_status_url"] == f"/exports/{body['export_id']}/status"
     # Flows without a handler in this version end DEAD with the reason, visibly.
-    failed = await wait_for_job(base, body["job_id"], user, ("DEAD",))
+    failed = await wait_for_job(base, packaged["job_id"], admin, ("DEAD",))
     assert failed["error"]["type"] == "UnsupportedJobError"
 
     names = {"framework_name": "Uploaded", "framework_version": "1"}

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 __all__ = [
+    "LOW_BASELINE",
+    "SHARED_DATA",
     "DevstackError",
     "Service",
     "Stack",
@@ -31,6 +33,12 @@ __all__ = [
     "stop_process",
     "wait_until",
 ]
+
+
+# Real public input files beside the repository (../shared/data; its README names their origin),
+# or wherever SHARED_DATA_DIR points. Tests, benchmarks and the embedded run read them from here.
+SHARED_DATA = Path(os.environ.get("SHARED_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
+LOW_BASELINE = SHARED_DATA / "oscal" / "NIST_SP-800-53_rev5_LOW-baseline-resolved-profile_catalog.json"
 
 
 class DevstackError(RuntimeError):

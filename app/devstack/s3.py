@@ -142,6 +142,11 @@ def _spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
         )
 
 
+# Starts tried before giving up: now and then `weed server` exits with 255 while starting, with
+# nothing in its log (seen about once in 30 starts here); a fresh start on new ports succeeds.
+START_ATTEMPTS = 3
+
+
 def start_s3(
     workdir: Path,
     *,
@@ -150,6 +155,18 @@ def start_s3(
     secret_key: str = DEFAULT_SECRET_KEY,
     timeout: float = 60.0,
 ) -> S3Server:
+    """Start SeaweedFS (see _start_once), trying again in a fresh directory if a start fails."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start_once(workdir / f"start-{attempt}", bucket, access_key, secret_key, timeout)
+        except DevstackError as exc:
+            if attempt == START_ATTEMPTS:
+                raise
+            print(f"SeaweedFS start {attempt} failed, trying again: {str(exc).splitlines()[0]}", flush=True)
+    raise AssertionError("unreachable")
+
+
+def _start_once(workdir: Path, bucket: str, access_key: str, secret_key: str, timeout: float) -> S3Server:
     """Start SeaweedFS on free ports with one admin identity and create ``bucket``.
 
     Two processes: ``weed server`` (master, filer, S3 gateway) and, once the master has won
@@ -158,6 +175,8 @@ def start_s3(
     of all starts on a 2-core machine); starting it after the election avoids that.
     """
     started = time.monotonic()
+    workdir = workdir.resolve()  # weed runs in workdir; relative paths in its arguments would miss
+    workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / "data"
     (data / "volume").mkdir(parents=True, exist_ok=True)
     identities = {
