@@ -90,7 +90,8 @@ async def build_report(
             UnitStatus(
                 business_unit_id=row["business_unit_id"],
                 status=RESULT_STATUS[row["status"]],
-                assessed_at=row["updated_at"],
+                # A NOT_TESTED placeholder says when the assessment began, not when anything was assessed.
+                assessed_at=None if row["status"] == "NOT_TESTED" else row["updated_at"],
                 notes=row["notes"],
             )
         )

@@ -46,7 +46,7 @@ SCENARIO: dict[str, tuple[list[str], list[str], str]] = {
     "AC-3": (["PARTIAL"], ["PASS"], P),
     "AC-4": (["NOT_APPLICABLE"], ["NOT_APPLICABLE"], NA),
     "AC-5": (["PASS"], [], IMPL),
-    "AC-6": ([], [], NAS),
+    "AC-6": (["NOT_TESTED"], [], NAS),  # a placeholder alone: not assessed, and no date
     "AU-1": (["PASS"], ["NOT_APPLICABLE"], IMPL),
     "AU-2": (["PASS", "NOT_TESTED"], ["PASS"], IMPL),  # a placeholder does not hide a real result
     "AU-3": (["FAIL", "PASS"], ["PASS"], IMPL),  # the newest result counts
@@ -203,7 +203,9 @@ async def test_a_scorecard_says_the_same_in_pdf_xlsx_and_json_and_agrees_with_th
         f["ref_id"]: (f["totals"]["controls"], f["totals"]["compliance_percent"])
         for f in document["families"]
     } == (EXPECTED_FAMILIES)
-    assert next(c for c in document["controls"] if c["ref_id"] == "AC-1")["evidence_count"] == 1
+    by_ref = {c["ref_id"]: c for c in document["controls"]}
+    assert by_ref["AC-1"]["evidence_count"] == 1
+    assert by_ref["AC-1"]["assessed_at"] is not None and by_ref["AC-6"]["assessed_at"] is None
     async with service.db() as conn:
         in_scope = await conn.fetchval(
             "SELECT count(*) FROM controls WHERE framework_id = $1 AND assessable AND NOT withdrawn",
