@@ -125,7 +125,7 @@ class Demo:
 async def distribute_demo_policy(demo: Demo, org: DemoOrg) -> None:
     body = await demo.submit(f"/policies/{org.policy_id}/publish", json={})
     say(f"\nPublished the demo policy to {len(org.targeted_user_ids)} employees: job {body['job_id']}")
-    say(f"Watch it:  curl -H 'Authorization: Bearer $TOKEN' {demo.base_url}/jobs/{body['job_id']}")
+    say(f'Watch it:  curl -H "Authorization: Bearer $TOKEN" {demo.base_url}/jobs/{body["job_id"]}')
     job = await demo.follow(body["job_id"])
     say(f"  result: {job.get('result') or job.get('error')}")
 
