@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import signal
+import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -239,6 +240,10 @@ async def test_a_scorecard_says_the_same_in_pdf_xlsx_and_json_and_agrees_with_th
     controls = book["Controls"]
     assert controls.freeze_panes == "A2" and controls.auto_filter.ref == "A1:G11"
     assert [r[0] for r in controls.iter_rows(min_row=2, values_only=True)] == list(SCENARIO)
+    with zipfile.ZipFile(io.BytesIO(xlsx)) as archive:  # openpyxl drops charts when it reads
+        charts = [archive.read(n) for n in archive.namelist() if n.startswith("xl/charts/chart")]
+    assert sorted(b"<c:doughnutChart>" in c for c in charts) == [False, True]
+    assert any(b"<c:barChart>" in c for c in charts)
 
     # Records: completed, sized, typed, stored under reports/{year}/{month}/report-{id}.{ext}
     now = datetime.now(UTC)
