@@ -231,19 +231,7 @@ class ExportResult(BaseModel):
 async def export_data(ctx: JobContext) -> ExportResult:
     job: ExportDataPayload = ctx.payload
     async with ctx.pool.acquire() as conn:
-        # A producer may publish the job without the intake, which is what creates the row.
-        await conn.execute(
-            """
-            INSERT INTO exports (id, entity, format, parameters, requested_by, job_id)
-            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING
-            """,
-            job.export_id,
-            job.entity.value,
-            job.format.value,
-            job.model_dump(mode="json"),
-            ctx.envelope.requested_by,
-            ctx.job_id,
-        )
+        await artifacts.record_request(conn, job, ctx.envelope.requested_by, ctx.job_id)
         record = await artifacts.begin(conn, EXPORTS, job.export_id)
     if record["status"] != "COMPLETED":
         await _export(ctx, job, record)

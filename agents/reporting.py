@@ -48,19 +48,7 @@ async def generate_report(ctx: JobContext) -> ReportResult:
     job: GenerateReportPayload = ctx.payload
     requester = ctx.envelope.requested_by
     async with ctx.pool.acquire() as conn:
-        # A producer may publish the job without the intake, which is what creates the row.
-        await conn.execute(
-            """
-            INSERT INTO reports (id, report_type, format, parameters, requested_by, job_id)
-            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING
-            """,
-            job.report_id,
-            job.report_type.value,
-            job.format.value,
-            job.model_dump(mode="json"),
-            requester,
-            ctx.job_id,
-        )
+        await artifacts.record_request(conn, job, requester, ctx.job_id)
         record = await artifacts.begin(conn, REPORTS, job.report_id)
     if record["status"] == "COMPLETED":
         await _announce(ctx, job, record["requested_by"], record["file_name"])

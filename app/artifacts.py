@@ -22,6 +22,7 @@ import asyncpg
 
 from app.resources import resources
 from app.runner import JobContext
+from models import ExportDataPayload, GenerateReportPayload
 
 # Rendering gets the attempt's time less this much, which is kept for storing the file.
 STORE_RESERVE_SECONDS = 20.0
@@ -35,6 +36,32 @@ class ArtifactKind:
 
 REPORTS = ArtifactKind("reports", "report")
 EXPORTS = ArtifactKind("exports", "export")
+
+
+async def record_request(
+    conn: asyncpg.Connection,
+    job: GenerateReportPayload | ExportDataPayload,
+    requested_by: UUID | None,
+    job_id: UUID,
+) -> None:
+    """Create the file's record (QUEUED) unless it exists. The intake creates it, and so does the
+    worker, because a producer may publish the job without going through the intake."""
+    if isinstance(job, GenerateReportPayload):
+        kind, columns = REPORTS, {"id": job.report_id, "report_type": job.report_type.value}
+    else:
+        kind, columns = EXPORTS, {"id": job.export_id, "entity": job.entity.value}
+    columns |= {
+        "format": job.format.value,
+        "parameters": job.model_dump(mode="json"),
+        "requested_by": requested_by,
+        "job_id": job_id,
+    }
+    placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    await conn.execute(
+        f"INSERT INTO {kind.table} ({', '.join(columns)}) VALUES ({placeholders})"
+        " ON CONFLICT (id) DO NOTHING",
+        *columns.values(),
+    )
 
 
 def object_key(kind: ArtifactKind, artifact_id: UUID, requested_at: datetime, extension: str) -> str:

@@ -18,7 +18,7 @@ import asyncpg
 from faust.web import Request, Response, View
 from pydantic import ValidationError
 
-from app import metrics
+from app import artifacts, metrics
 from app.auth import ADMINS, ANY_USER, AuthError, Caller, authenticate
 from app.config import MAX_UPLOAD_BYTES
 from app.dispatch import submit
@@ -183,18 +183,7 @@ class GenerateReport(IntakeView):
         payload = GenerateReportPayload.model_validate(req.body)
         await require_row(req.conn, "frameworks", payload.framework_id)
         envelope = req.envelope(payload)
-        await req.conn.execute(
-            """
-            INSERT INTO reports (id, report_type, format, status, parameters, requested_by, job_id)
-            VALUES ($1, $2, $3, 'QUEUED', $4, $5, $6) ON CONFLICT (id) DO NOTHING
-            """,
-            payload.report_id,
-            payload.report_type.value,
-            payload.format.value,
-            payload.model_dump(mode="json"),
-            req.caller.user_id,
-            envelope.job_id,
-        )
+        await artifacts.record_request(req.conn, payload, req.caller.user_id, envelope.job_id)
         return envelope
 
     def extra_answer(self, envelope: JobEnvelope) -> dict[str, Any]:
@@ -250,18 +239,7 @@ class ExportData(IntakeView):
     async def build(self, req: IntakeRequest) -> JobEnvelope:
         payload = ExportDataPayload.model_validate(req.body)
         envelope = req.envelope(payload)
-        await req.conn.execute(
-            """
-            INSERT INTO exports (id, entity, format, parameters, requested_by, job_id)
-            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING
-            """,
-            payload.export_id,
-            payload.entity.value,
-            payload.format.value,
-            payload.model_dump(mode="json"),
-            req.caller.user_id,
-            envelope.job_id,
-        )
+        await artifacts.record_request(req.conn, payload, req.caller.user_id, envelope.job_id)
         return envelope
 
     def extra_answer(self, envelope: JobEnvelope) -> dict[str, Any]:

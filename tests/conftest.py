@@ -8,12 +8,14 @@ Kafka for the bundled Tansu broker.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from aiohttp import web
 
 from app.config import get_settings
 from app.devstack import Stack, start_stack
+from tests.workers import free_port
 
 _startup_key = pytest.StashKey[dict[str, float]]()
 
@@ -45,3 +47,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if startup:
         times = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in startup.items())
         terminalreporter.write_line(f"devstack start-up: {times}")
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[tuple[int, list[str]]]:
+    """A real HTTP server on loopback that records the path of every request it gets (and answers
+    each with a stylesheet, so a renderer that did fetch would also use what it got)."""
+    requests: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        requests.append(request.path)
+        return web.Response(body=b"body{color:red}", content_type="text/css")
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port, requests
+    finally:
+        await runner.cleanup()

@@ -12,39 +12,17 @@ import csv
 import html
 import io
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import openpyxl
 import pytest
 import xlsxwriter
-from aiohttp import web
 from pypdf import PdfReader
 
 from app.rendering import ASSETS, BundledAssetsOnly, RenderPool, inert_text, render_pdf, write_cell
-from tests.workers import free_port
 
 HOSTILE = 'Review <img src="http://127.0.0.1:{port}/x"> and file:///etc/passwd =HYPERLINK("http://evil")'
-
-
-@pytest.fixture
-async def listener() -> AsyncIterator[tuple[int, list[str]]]:
-    requests: list[str] = []
-
-    async def record(request: web.Request) -> web.Response:
-        requests.append(request.path)
-        return web.Response(body=b"body{color:red}", content_type="text/css")
-
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield port, requests
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import aiohttp
 import jsonschema
 import openpyxl
 import pytest
-from aiohttp import web
 from pypdf import PdfReader
 
 from app.auth import issue_token
@@ -28,7 +27,7 @@ from app.storage import open_storage
 from models import Role
 from models.schema import REPORT_SCHEMA_FILE, SCHEMA_DIR
 from tests.service import JWT_SECRET, Service, needs_shared_data, run_import, running_service
-from tests.workers import api, free_port, wait_for_job
+from tests.workers import api, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +171,21 @@ async def download(service: Service, answer: dict[str, Any], token: str) -> tupl
             return record, await resp.read()
 
 
+async def report_ready_notifications(service: Service, report_id: str | UUID) -> int:
+    """REPORT_READY in-app notifications of a report for its requester (user 5), waiting up to
+    20 s for the first: the notification is a job of its own."""
+    key = f"REPORT_READY:{report_id}:{service.org.user_ids[5]}:IN_APP"
+    for _ in range(100):
+        async with service.db() as conn:
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM notifications WHERE idempotency_key = $1", key
+            )
+        if count:
+            break
+        await asyncio.sleep(0.2)
+    return count
+
+
 def pdf_text(data: bytes) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
 
@@ -255,18 +269,8 @@ async def test_a_scorecard_says_the_same_in_pdf_xlsx_and_json_and_agrees_with_th
     assert rows["PDF"]["content_type"] == "application/pdf"
 
     # REPORT_READY: one in-app notification per report for the requester
-    requester = service.org.user_ids[5]
     for answer in answers.values():
-        key = f"REPORT_READY:{answer['report_id']}:{requester}:IN_APP"
-        for _ in range(100):
-            async with service.db() as conn:
-                count = await conn.fetchval(
-                    "SELECT count(*) FROM notifications WHERE idempotency_key = $1", key
-                )
-            if count:
-                break
-            await asyncio.sleep(0.2)
-        assert count == 1
+        assert await report_ready_notifications(service, answer["report_id"]) == 1
 
 
 async def test_only_the_requester_or_an_admin_sees_and_downloads_a_report(service: Service) -> None:
@@ -357,27 +361,6 @@ async def test_gap_analysis_matrix_and_filters_list_what_they_promise(service: S
     assert by_ref["AC-2"][3:6] == ("Implemented", "Not implemented", "Not implemented")
     assert by_ref["AC-5"][3:6] == ("Implemented", "", "Implemented")
     assert engineering  # the first unit of the demo organisation is Engineering
-
-
-@pytest.fixture
-async def listener() -> AsyncIterator[tuple[int, list[str]]]:
-    """A real HTTP server on loopback that records every request it gets."""
-    requests: list[str] = []
-
-    async def record(request: web.Request) -> web.Response:
-        requests.append(request.path)
-        return web.Response(body=b"x")
-
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield port, requests
-    finally:
-        await runner.cleanup()
 
 
 async def test_hostile_control_text_is_shown_not_obeyed_in_pdf_and_xlsx(
@@ -509,13 +492,4 @@ async def test_a_worker_killed_while_rendering_leaves_one_report_and_one_notific
         assert [o["Key"] for o in listed["Contents"]] == [row["s3_key"]]
         assert listed["Contents"][0]["Size"] == row["size_bytes"]
         assert "compliant across 1500 controls" in pdf_text(await storage.get(row["s3_key"]))
-    key = f"REPORT_READY:{report_id}:{service.org.user_ids[5]}:IN_APP"
-    for _ in range(100):
-        async with service.db() as conn:
-            notified = await conn.fetchval(
-                "SELECT count(*) FROM notifications WHERE idempotency_key = $1", key
-            )
-        if notified:
-            break
-        await asyncio.sleep(0.2)
-    assert notified == 1
+    assert await report_ready_notifications(service, report_id) == 1
