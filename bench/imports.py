@@ -28,12 +28,11 @@ from uuid import uuid4
 import asyncpg
 
 from app.config import get_settings
-from app.db import connect
 from app.devstack import LOW_BASELINE, start_stack
 from app.storage import open_storage
-from bench import result
+from bench import result, time_job
 from models import ImportControlsPayload, JobEnvelope
-from tests.service import prepare_service, produce_raw
+from tests.service import prepare_service
 
 
 def enlarged_catalog(copies: int) -> bytes:
@@ -94,27 +93,7 @@ async def import_and_time(
     payload = ImportControlsPayload(
         s3_key=key, framework_name=name, framework_version="bench", batch_size=500
     )
-    envelope = JobEnvelope.for_payload(payload)
-    conn = await connect(env["DATABASE_URL"])
-    try:
-        started = time.perf_counter()
-        await produce_raw(
-            env["KAFKA_BOOTSTRAP_SERVERS"],
-            envelope.topic,
-            str(envelope.job_id).encode(),
-            envelope.model_dump_json().encode(),
-        )
-        while True:
-            row = await conn.fetchrow("SELECT status, result, error FROM jobs WHERE id = $1", envelope.job_id)
-            if row is not None and row["status"] in ("COMPLETED", "DEAD"):
-                break
-            await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
-    finally:
-        await conn.close()
-    if row["status"] != "COMPLETED":
-        raise SystemExit(f"import of {name} ended {row['status']}: {row['error']}")
-    return elapsed, row["result"]
+    return await time_job(env, JobEnvelope.for_payload(payload))
 
 
 async def copy_baseline(dsn: str, rows: int) -> float:
