@@ -46,6 +46,7 @@ async def record_request(
 ) -> None:
     """Create the file's record (QUEUED) unless it exists. The intake creates it, and so does the
     worker, because a producer may publish the job without going through the intake."""
+    columns: dict[str, Any]
     if isinstance(job, GenerateReportPayload):
         kind, columns = REPORTS, {"id": job.report_id, "report_type": job.report_type.value}
     else:

@@ -115,7 +115,7 @@ def cmd_dlq(args: argparse.Namespace) -> None:
             async with JobProducer() as producer:
 
                 async def submit(conn: object, envelope: JobEnvelope) -> bool:
-                    if await jobstore.record_queued(conn, [envelope]):  # type: ignore[arg-type]
+                    if await jobstore.record_queued(conn, [envelope]):
                         await producer.send_envelope(envelope)
                         return True
                     return False

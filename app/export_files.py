@@ -16,6 +16,7 @@ from html import escape
 from pathlib import Path
 
 import xlsxwriter
+from xlsxwriter.worksheet import Worksheet
 
 from app.rendering import inert_text, render_pdf, write_cell
 from models import ExportFormat
@@ -90,7 +91,8 @@ def _write_xlsx(layout: ExportLayout, spool: Path, path: Path) -> int:
     with xlsxwriter.Workbook(path, {"constant_memory": True}) as book:
         header = book.add_format({"bold": True, "bg_color": "#F0F2F5", "bottom": 1})
         date = book.add_format({"num_format": "yyyy-mm-dd hh:mm"})
-        sheet, row_in_sheet, sheets = None, 0, 0
+        sheet: Worksheet | None = None
+        row_in_sheet = sheets = 0
         for row in _spool_rows(spool):
             count += 1
             if sheet is None or row_in_sheet == ROWS_PER_SHEET:
@@ -112,7 +114,7 @@ def _write_xlsx(layout: ExportLayout, spool: Path, path: Path) -> int:
     return count
 
 
-def _new_sheet(book: xlsxwriter.Workbook, name: str, columns: Sequence[Column], header: object) -> object:
+def _new_sheet(book: xlsxwriter.Workbook, name: str, columns: Sequence[Column], header: object) -> Worksheet:
     sheet = book.add_worksheet(name[:31])
     for n, column in enumerate(columns):
         sheet.set_column(n, n, column.width)

@@ -102,14 +102,14 @@ class FrameworkControls(View):
             return self.json({"error": f"bad limit: {exc}"}, status=400)
         family = request.query.get("family") or None
         # Matched as a literal substring: LIKE's wildcards in the query are escaped.
-        search = (
+        escaped = (
             (request.query.get("q") or "")
             .strip()
             .replace("\\", "\\\\")
             .replace("%", "\\%")
             .replace("_", "\\_")
         )
-        search = search or None
+        search = escaped or None
         after = request.query.get("after") or ""
         async with (await resources.pool()).acquire() as conn:
             if not await conn.fetchval("SELECT 1 FROM frameworks WHERE id = $1", framework_id):

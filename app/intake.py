@@ -187,6 +187,7 @@ class GenerateReport(IntakeView):
         return envelope
 
     def extra_answer(self, envelope: JobEnvelope) -> dict[str, Any]:
+        assert isinstance(envelope.payload, GenerateReportPayload)
         return artifact_answer("reports", envelope.payload.report_id)
 
 
@@ -243,6 +244,7 @@ class ExportData(IntakeView):
         return envelope
 
     def extra_answer(self, envelope: JobEnvelope) -> dict[str, Any]:
+        assert isinstance(envelope.payload, ExportDataPayload)
         return artifact_answer("exports", envelope.payload.export_id)
 
 

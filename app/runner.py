@@ -392,8 +392,9 @@ async def dead_letter(flow: Flow, ctx: JobContext, error: dict[str, Any], delive
     log.error("job is dead", extra={"job_id": str(envelope.job_id), "error": error})
     await send_dead_letter(flow, delivery, envelope.model_dump(mode="json"), None, error, envelope.attempt)
     await record_outcome(ctx, JobState.DEAD, error=error)
-    if envelope.job_type is not JobType.SEND_NOTIFICATION or (
-        envelope.payload.event_type is not NotificationEventType.JOB_FAILED
+    if not (
+        isinstance(envelope.payload, SendNotificationPayload)
+        and envelope.payload.event_type is NotificationEventType.JOB_FAILED
     ):
         await notify_on_call(envelope, error)
 
@@ -428,7 +429,7 @@ async def notify_on_call(envelope: JobEnvelope, error: dict[str, Any]) -> None:
     payload = SendNotificationPayload(
         event_type=NotificationEventType.JOB_FAILED,
         channel=Channel.IN_APP,
-        recipient_user_ids=on_call,
+        recipient_user_ids=list(on_call),
         template_data={
             "job_id": str(envelope.job_id),
             "job_type": envelope.job_type.value,

@@ -71,7 +71,7 @@ class Storage:
             upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, **headers)
             target = {"Bucket": self.bucket, "Key": key, "UploadId": upload["UploadId"]}
             try:
-                parts = []
+                parts: list[dict[str, Any]] = []
                 while chunk := source.read(PART_BYTES):
                     number = len(parts) + 1
                     answer = await self._client.upload_part(**target, PartNumber=number, Body=chunk)
