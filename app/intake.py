@@ -29,6 +29,7 @@ from app.storage import object_key, safe_name
 from models import (
     DistributePolicyPayload,
     ExportDataPayload,
+    ExportEntity,
     GenerateAuditPackagePayload,
     GenerateReportPayload,
     ImportControlsPayload,
@@ -239,6 +240,9 @@ class ExportData(IntakeView):
 
     async def build(self, req: IntakeRequest) -> JobEnvelope:
         payload = ExportDataPayload.model_validate(req.body)
+        # Each assignment row names a person and their e-mail address: lists of people are for admins.
+        if payload.entity is ExportEntity.ASSIGNMENTS and not req.caller.has_any(ADMINS):
+            raise AuthError(403, "exporting ASSIGNMENTS (people's names and e-mail addresses) needs ADMIN")
         envelope = req.envelope(payload)
         await artifacts.record_request(req.conn, payload, req.caller.user_id, envelope.job_id)
         return envelope

@@ -32,26 +32,28 @@ async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: i
 
 
 async def export(
-    service: Service, states: tuple[str, ...] = ("COMPLETED",), **request: Any
+    service: Service, states: tuple[str, ...] = ("COMPLETED",), *, admin: bool = False, **request: Any
 ) -> dict[str, Any]:
-    """Ask for an export and wait for its job to end in one of `states`."""
-    status, answer = await api("POST", f"{service.url}/exports", token=service.user_token, json=request)
+    """Ask for an export (as user 5, or as the admin) and wait for its job to end in one of `states`."""
+    token = service.admin_token if admin else service.user_token
+    status, answer = await api("POST", f"{service.url}/exports", token=token, json=request)
     assert status == 202, answer
     answer["job"] = await wait_for_job(
-        service.url, answer["job_id"], service.user_token, ("COMPLETED", "DEAD"), timeout=150
+        service.url, answer["job_id"], token, ("COMPLETED", "DEAD"), timeout=150
     )
     assert answer["job"]["state"] in states, answer["job"].get("error")
+    answer["token"] = token
     return answer
 
 
 async def fetch(service: Service, answer: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """The export's record and its file, through the download redirect."""
-    _, record = await api("GET", f"{service.url}{answer['export_status_url']}", token=service.user_token)
+    """The export's record and its file, through the download redirect, as whoever asked for it."""
+    _, record = await api("GET", f"{service.url}{answer['export_status_url']}", token=answer["token"])
     async with (
         aiohttp.ClientSession() as session,
         session.get(
             f"{service.url}{answer['download_url']}",
-            headers={"Authorization": f"Bearer {service.user_token}"},
+            headers={"Authorization": f"Bearer {answer['token']}"},
         ) as resp,
     ):  # aiohttp follows the 302 to the presigned URL
         assert resp.status == 200
@@ -151,12 +153,14 @@ async def test_assignments_and_policies_follow_their_business_unit_and_time_filt
             finance,
             list(service.org.user_ids),
         )
-    answer = await export(
-        service,
-        entity="ASSIGNMENTS",
-        format="XLSX",
-        filters={"business_unit_ids": [str(finance)], "updated_from": since.isoformat()},
-    )
+    request = {
+        "entity": "ASSIGNMENTS",
+        "format": "XLSX",
+        "filters": {"business_unit_ids": [str(finance)], "updated_from": since.isoformat()},
+    }
+    status, body = await api("POST", f"{service.url}/exports", token=service.user_token, json=request)
+    assert status == 403 and "ADMIN" in body["error"]  # a list of people is for admins
+    answer = await export(service, admin=True, **request)
     record, data = await fetch(service, answer)
     rows = list(
         openpyxl.load_workbook(io.BytesIO(data))["Assignments"].iter_rows(min_row=2, values_only=True)
