@@ -9,7 +9,8 @@ and CPU-bound rendering kept off the event loop.
   formula), so `=HYPERLINK(...)` arrives as inert text.
 - PDF and XLSX rendering runs in a process pool with a time limit; a render that overruns is
   killed with its process (and only that one), so it never holds up heartbeats, rebalances or
-  other flows.
+  other flows. A render process exits by itself once its worker is gone, however the worker
+  ended (SIGKILL, the shutdown grace exceeded, the OOM killer).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ASSETS = (Path(__file__).parent / "report_assets").resolve()
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PARENT_CHECK_SECONDS = 1.0
 T = TypeVar("T")
 
 
@@ -114,7 +119,24 @@ class RenderPool:
 
 def _new_process() -> ProcessPoolExecutor:
     # spawn: a forked child would inherit the worker's Kafka and database sockets.
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a render process: exit once the worker that started it is gone. A worker that dies
+    without shutting its pool down would otherwise leave its render processes behind for good."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _terminate(executor: ProcessPoolExecutor) -> None:

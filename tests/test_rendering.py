@@ -1,5 +1,6 @@
 """Safe rendering: a PDF built from hostile control text fetches nothing and reads no local file,
-spreadsheet cells that look like formulas stay text, and an overrunning render is stopped.
+spreadsheet cells that look like formulas stay text, an overrunning render is stopped, and render
+processes do not outlive their worker.
 
 The PDF is rendered the way reports will be, in the spawn-based process pool, and the hostile
 URLs point at a real HTTP server on loopback that counts every request it gets.
@@ -11,6 +12,8 @@ import asyncio
 import csv
 import html
 import io
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,3 +104,42 @@ async def test_a_render_that_overruns_is_stopped_alone_and_the_pool_recovers(poo
     assert time.monotonic() - started < 5
     assert await neighbour == 3
     assert await asyncio.gather(pool.run(_sleep, 0, timeout=30), pool.run(_sleep, 0, timeout=30)) == [0, 0]
+
+
+# A stand-in worker: starts a render pool, prints the pid of its render process, then waits.
+WORKER_WITH_POOL = """
+import asyncio, os
+from app.rendering import RenderPool
+
+async def main():
+    print(await RenderPool(workers=1).run(os.getpid, timeout=60), flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # exited; a zombie waits only for its new parent to reap it
+
+
+def test_render_processes_exit_when_their_worker_is_killed() -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER_WITH_POOL], stdout=subprocess.PIPE, cwd=Path(__file__).parents[1]
+    )
+    try:
+        assert worker.stdout is not None
+        render_pid = int(worker.stdout.readline())
+        assert not _gone(render_pid)
+        worker.kill()  # no shutdown, no pool.close()
+        worker.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not _gone(render_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(render_pid), "the render process outlived its worker"
+    finally:
+        worker.kill()
