@@ -84,6 +84,12 @@ async def test_the_nist_low_baseline_imports_with_its_families_enhancements_and_
     assert "  1. Authorized users of the system;" in ac2["statement"]  # nested parts stay readable
     assert "{{ insert: param, ac-02_odp.01 }}" in ac2["properties"]["statement_raw"]  # raw form kept
     assert not any("{{" in r["statement"] for r in rows.values())
+    # A label that already says "organization-defined" is not prefixed again
+    assert (
+        "a. Develop, document, and disseminate to [Assignment: organization-defined personnel or roles]:"
+        in (rows["AC-1"]["statement"])
+    )
+    assert not any("organization-defined organization-defined" in r["statement"] for r in rows.values())
     assert (
         "[Selection (one or more): organization-level; mission/business process-level; system-level]"
         in (rows["AC-1"]["statement"])

@@ -139,7 +139,10 @@ def _param_text(param: dict[str, Any] | None, params: dict[str, Any], depth: int
     label = param.get("label") or next(
         (g.get("prose") for g in param.get("guidelines") or [] if isinstance(g, dict)), param.get("id")
     )
-    return f"[Assignment: organization-defined {str(label).strip()}]"
+    text = str(label).strip()
+    # Most labels are the bare noun ("frequency"); some already say "organization-defined ...".
+    prefix = "" if text.lower().startswith("organization-defined") else "organization-defined "
+    return f"[Assignment: {prefix}{text}]"
 
 
 def _resolve(text: str, params: dict[str, Any], depth: int = 0) -> str:
