@@ -188,9 +188,22 @@ async def scorecards(demo: Demo, framework_id: str, formats: tuple[str, ...]) ->
     return links
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_interrupt_or_term() -> None:
+    """Ctrl-C and SIGTERM both stop everything this started. SIGINT is set explicitly because a
+    shell starting us in the background hands it over ignored; without a SIGTERM handler a plain
+    `kill` would leave the broker, PostgreSQL, SeaweedFS and the worker running."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 @contextmanager
 def running(workdir: Path) -> Iterator[tuple[dict[str, str], DemoOrg, subprocess.Popen[bytes], str]]:
     """The embedded stack, prepared, with one worker; everything is stopped on the way out."""
+    stop_on_interrupt_or_term()
     workdir.mkdir(parents=True, exist_ok=True)
     say("Starting the embedded stack (Tansu broker, PostgreSQL, SeaweedFS)...")
     with start_stack(workdir, embedded=True) as stack:
