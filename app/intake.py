@@ -46,20 +46,34 @@ ENVELOPE_OPTIONS = ("job_id", "correlation_id", "priority")
 
 
 class BadRequest(Exception):
-    pass
+    status = 400
+
+
+class TooLarge(BadRequest):
+    status = 413
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]}
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "(body)",
+            # pydantic prefixes our own validators' messages with "Value error, "
+            "message": err["msg"].removeprefix("Value error, "),
+        }
         for err in exc.errors()
     ]
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise BadRequest(f"request body is larger than {MAX_JSON_BYTES} bytes")
+    """The whole body, refused with 413 as soon as it passes MAX_JSON_BYTES (whatever its
+    Content-Length says, or without one)."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise TooLarge(f"request body is larger than {MAX_JSON_BYTES} bytes")
+    raw = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        raw += chunk
+        if len(raw) > MAX_JSON_BYTES:
+            raise TooLarge(f"request body is larger than {MAX_JSON_BYTES} bytes")
     if not raw.strip():
         return {}
     try:
@@ -133,7 +147,7 @@ class IntakeView(View):
         except AuthError as exc:
             return exc.status, {"error": str(exc)}
         except BadRequest as exc:
-            return 400, {"error": str(exc)}
+            return exc.status, {"error": str(exc)}
         except ValidationError as exc:
             return 422, {"error": "the request is invalid", "fields": field_errors(exc)}
         except NotFoundError as exc:
@@ -263,14 +277,14 @@ class ImportControls(IntakeView):
         if not request.content_type.startswith("multipart/"):
             return await read_json(request)
         if request.content_length and request.content_length > MAX_UPLOAD_BYTES:
-            raise BadRequest(f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
+            raise TooLarge(f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
         body: dict[str, Any] = {}
         reader = await request.multipart()
         async for part in reader:
             if part.name == "file":
                 data = await part.read()
                 if len(data) > MAX_UPLOAD_BYTES:
-                    raise BadRequest(f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
+                    raise TooLarge(f"upload is larger than {MAX_UPLOAD_BYTES} bytes")
                 body["_upload"] = (safe_name(unquote(part.filename or "upload")), bytes(data))
             elif part.name:
                 text = await part.text()

@@ -152,6 +152,20 @@ async def test_intake_authenticates_validates_and_produces_only_accepted_jobs(se
     assert body["fields"][0]["field"] == "channels.0"
     status, body = await api("POST", url, token=service.admin_token, data=b"{not json")
     assert status == 400
+    # Bodies over 256 KiB are refused whole: valid JSON padded past the limit, with a
+    # Content-Length and chunked without one
+    padded = b'{"channels": ["IN_APP"]' + b" " * (300 * 1024) + b"}"
+    status, body = await api("POST", url, token=service.admin_token, data=padded)
+    assert status == 413 and "larger than" in body["error"]
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield b'{"channels": ["IN_APP"]'
+        for _ in range(5):
+            yield b" " * (64 * 1024)
+        yield b"}"
+
+    status, body = await api("POST", url, token=service.admin_token, data=chunked())
+    assert status == 413 and "larger than" in body["error"]
     status, body = await api("POST", f"{service.url}/policies/{uuid4()}/publish", token=service.admin_token)
     assert status == 404
     status, body = await api("POST", url, token=service.admin_token, json={"job_id": "nope"})
