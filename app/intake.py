@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 from faust.web import Request, Response, View
@@ -21,10 +21,11 @@ from pydantic import ValidationError
 from app import artifacts, metrics
 from app.auth import ADMINS, ANY_USER, AuthError, Caller, authenticate
 from app.config import MAX_UPLOAD_BYTES
-from app.dispatch import submit
+from app.dispatch import produce_all, record_all
 from app.errors import NotFoundError
 from app.faust_app import faust_app, settings
 from app.resources import resources
+from app.retry import capped
 from app.storage import object_key, safe_name
 from models import (
     DistributePolicyPayload,
@@ -51,6 +52,36 @@ class BadRequest(Exception):
 
 class TooLarge(BadRequest):
     status = 413
+
+
+class JobIdReused(Exception):
+    """A job_id that names a recorded job, in a request that differs from it."""
+
+    def __init__(self, job_id: UUID, fields: list[str]) -> None:
+        super().__init__(f"job_id {job_id} was already used for a different request; send a new job_id")
+        self.fields = [
+            {"field": name, "message": "differs from the request that first used this job_id"}
+            for name in fields
+        ]
+
+
+def recorded_job(envelope: JobEnvelope, earlier: asyncpg.Record, body: dict[str, Any]) -> JobEnvelope:
+    """The recorded job, answering a request that repeats it; JobIdReused if the request differs
+    in its job type or in any payload field. Ids the payload generates for itself (a report id
+    the request did not give) are not compared."""
+    payload = envelope.payload
+    if earlier["job_type"] != envelope.job_type.value:
+        raise JobIdReused(envelope.job_id, ["job_type"])
+    generated = {
+        name
+        for name, field in type(payload).model_fields.items()
+        if field.default_factory is uuid4 and name not in body
+    }
+    asked, recorded = payload.model_dump(mode="json"), earlier["payload"]
+    differing = sorted(name for name in asked if name not in generated and asked[name] != recorded.get(name))
+    if differing:
+        raise JobIdReused(envelope.job_id, differing)
+    return envelope.model_copy(update={"payload": type(payload).model_validate(recorded)})
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -105,7 +136,7 @@ class IntakeRequest:
     def envelope(self, payload: JobPayload) -> JobEnvelope:
         """The caller's envelope options (job_id, correlation_id, priority) are validated with
         the envelope, so a bad one gets a field-level 422 like any payload field."""
-        return JobEnvelope.model_validate(
+        envelope = JobEnvelope.model_validate(
             {
                 "job_type": payload.job_type.value,
                 "payload": payload.model_dump(mode="json"),
@@ -113,6 +144,7 @@ class IntakeRequest:
                 **self.options,
             }
         )
+        return capped(envelope)
 
 
 class IntakeView(View):
@@ -131,6 +163,37 @@ class IntakeView(View):
         """What the caller needs besides the job: the id and URLs of what the job makes."""
         return {}
 
+    async def _record(
+        self, conn: asyncpg.Connection, req: IntakeRequest
+    ) -> tuple[JobEnvelope, list[JobEnvelope]]:
+        """Build the job and record it, with what it creates, in one transaction; returns the
+        job and what is left to produce.
+
+        A request naming a `job_id` that exists is the same request again if every field it
+        names matches the recorded job: it gets the recorded job (its report or export id, not a
+        new one) and writes nothing; a still-QUEUED job is produced again (the first request may
+        have failed between the row and the message). Any other reuse of the id is a 409.
+        """
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            if "job_id" in req.options:  # two requests with one id take turns
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", str(req.options["job_id"]))
+            envelope = await self.build(req)
+            earlier = await conn.fetchrow(
+                "SELECT job_type, status, payload FROM jobs WHERE id = $1", envelope.job_id
+            )
+            if earlier is None:
+                to_produce = await record_all(conn, [envelope])
+                await transaction.commit()
+                return envelope, to_produce
+            recorded = recorded_job(envelope, earlier, req.body)
+        except BaseException:
+            await transaction.rollback()
+            raise
+        await transaction.rollback()  # a repeat writes nothing: what build() wrote is undone
+        return recorded, [recorded] if earlier["status"] == "QUEUED" else []
+
     async def post(self, request: Request, **path: str) -> Response:
         status, answer = await self._handle(request, path)
         metrics.INTAKE_REQUESTS.labels(self.endpoint, str(status)).inc()
@@ -142,8 +205,10 @@ class IntakeView(View):
             body = await self.read_body(request)
             options = {key: body.pop(key) for key in ENVELOPE_OPTIONS if key in body}
             async with (await resources.pool()).acquire() as conn:
-                envelope = await self.build(IntakeRequest(conn, caller, body, path, options))
-                created = await submit(conn, envelope)
+                envelope, to_produce = await self._record(
+                    conn, IntakeRequest(conn, caller, body, path, options)
+                )
+            created = await produce_all(to_produce) == 1
         except AuthError as exc:
             return exc.status, {"error": str(exc)}
         except BadRequest as exc:
@@ -152,6 +217,8 @@ class IntakeView(View):
             return 422, {"error": "the request is invalid", "fields": field_errors(exc)}
         except NotFoundError as exc:
             return 404, {"error": str(exc)}
+        except JobIdReused as exc:
+            return 409, {"error": str(exc), "fields": exc.fields}
         job_id = str(envelope.job_id)
         answer = {
             "job_id": job_id,

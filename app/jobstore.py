@@ -13,6 +13,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.retry import capped
 from models import JobEnvelope, JobState
 
 TERMINAL = (JobState.COMPLETED.value, JobState.FAILED.value, JobState.DEAD.value)
@@ -25,7 +26,7 @@ def _job_values(envelope: JobEnvelope, status: JobState) -> tuple[Any, ...]:
         envelope.flow.value,
         status.value,
         envelope.attempt,
-        envelope.max_attempts,
+        capped(envelope).max_attempts,
         envelope.payload.model_dump(mode="json"),
         envelope.requested_by,
         envelope.correlation_id,

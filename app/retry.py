@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from models import Flow
+from models import Flow, JobEnvelope
 
 # Rate-limited retries do not use up attempts, but there is a limit to patience.
 MAX_RATE_LIMIT_DEFERRALS = 20
@@ -62,6 +62,13 @@ DEFAULT_SCHEDULES: dict[Flow, RetrySchedule] = {
 def schedule_for(flow: Flow) -> RetrySchedule:
     override = os.environ.get(f"RETRY_{flow.name}")
     return RetrySchedule.parse(override) if override else DEFAULT_SCHEDULES[flow]
+
+
+def capped(envelope: JobEnvelope) -> JobEnvelope:
+    """The envelope with max_attempts no higher than its flow's schedule: what the runner enforces,
+    and so what job rows and status answers show."""
+    cap = schedule_for(envelope.flow).max_attempts
+    return envelope if envelope.max_attempts <= cap else envelope.model_copy(update={"max_attempts": cap})
 
 
 def tier_label(delay: float) -> str:

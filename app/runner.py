@@ -41,6 +41,7 @@ from app.ops import Lifecycle
 from app.resources import resources
 from app.retry import (
     MAX_RATE_LIMIT_DEFERRALS,
+    capped,
     dead_letter_topic,
     retry_topic,
     schedule_for,
@@ -304,7 +305,7 @@ def parse_envelope(raw: bytes | None, flow: Flow) -> JobEnvelope:
         raise InvalidJobError(json.dumps(fields)) from exc
     if envelope.flow is not flow:
         raise InvalidJobError(f"job type {envelope.job_type.value} belongs on {envelope.topic}")
-    return envelope
+    return capped(envelope)
 
 
 async def run_job(spec: FlowSpec, envelope: JobEnvelope, delivery: Delivery) -> None:

@@ -292,6 +292,38 @@ async def test_only_the_requester_or_an_admin_sees_and_downloads_a_report(servic
     assert status == 400
 
 
+async def test_a_repeated_job_id_answers_with_the_first_report_and_a_different_request_is_refused(
+    service: Service,
+) -> None:
+    framework_id = await scenario_framework(service)
+    job_id = str(uuid4())
+    request = {"report_type": "GAP_ANALYSIS", "format": "JSON", "framework_id": str(framework_id)}
+    first = await generate(service, service.user_token, job_id=job_id, **request)
+    assert first["job"]["max_attempts"] == 2  # the reporting flow's, not the envelope default
+
+    # The same request again: the same report, nothing new recorded or run
+    url = f"{service.url}/reports/generate"
+    status, again = await api("POST", url, token=service.user_token, json={"job_id": job_id, **request})
+    assert (status, again["status"], again["report_id"]) == (200, "ALREADY_SUBMITTED", first["report_id"])
+    # The same id for something else: refused, naming what differs
+    status, body = await api(
+        "POST", url, token=service.user_token, json={"job_id": job_id, **request, "format": "PDF"}
+    )
+    assert status == 409 and body["fields"][0]["field"] == "format", body
+    status, body = await api(
+        "POST",
+        f"{service.url}/exports",
+        token=service.user_token,
+        json={"job_id": job_id, "entity": "CONTROLS", "format": "CSV"},
+    )
+    assert status == 409 and body["fields"][0]["field"] == "job_type", body
+    async with service.db() as conn:
+        reports = await conn.fetchval("SELECT count(*) FROM reports WHERE job_id = $1", UUID(job_id))
+        exports = await conn.fetchval("SELECT count(*) FROM exports WHERE job_id = $1", UUID(job_id))
+        attempts = await conn.fetchval("SELECT count(*) FROM job_attempts WHERE job_id = $1", UUID(job_id))
+    assert (reports, exports, attempts) == (1, 0, 1)
+
+
 async def report_json(service: Service, framework_id: UUID, **request: Any) -> dict[str, Any]:
     answer = await generate(
         service, service.user_token, format="JSON", framework_id=str(framework_id), **request
