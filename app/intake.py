@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -116,6 +117,23 @@ async def read_json(request: Request) -> dict[str, Any]:
     return body
 
 
+class UnknownValues(Exception):
+    """Values of one request field that name nothing: a 422 on that field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+async def require_known(conn: asyncpg.Connection, field: str, table: str, ids: Sequence[UUID]) -> None:
+    """Every id in a filter names a row of `table`: a filter on nothing would quietly match nothing."""
+    if not ids:
+        return
+    found = {r["id"] for r in await conn.fetch(f"SELECT id FROM {table} WHERE id = ANY($1)", ids)}
+    if missing := [str(i) for i in ids if i not in found]:
+        raise UnknownValues(field, f"no {table[:-1].replace('_', ' ')} with id {', '.join(missing)}")
+
+
 async def require_row(conn: asyncpg.Connection, table: str, entity_id: Any) -> asyncpg.Record:
     row = await conn.fetchrow(f"SELECT * FROM {table} WHERE id = $1", entity_id)  # table is ours
     if row is None:
@@ -217,6 +235,11 @@ class IntakeView(View):
             return 422, {"error": "the request is invalid", "fields": field_errors(exc)}
         except NotFoundError as exc:
             return 404, {"error": str(exc)}
+        except UnknownValues as exc:
+            return 422, {
+                "error": "the request is invalid",
+                "fields": [{"field": exc.field, "message": str(exc)}],
+            }
         except JobIdReused as exc:
             return 409, {"error": str(exc), "fields": exc.fields}
         job_id = str(envelope.job_id)
@@ -264,6 +287,16 @@ class GenerateReport(IntakeView):
     async def build(self, req: IntakeRequest) -> JobEnvelope:
         payload = GenerateReportPayload.model_validate(req.body)
         await require_row(req.conn, "frameworks", payload.framework_id)
+        units, families = payload.filters.business_unit_ids, payload.filters.families
+        await require_known(req.conn, "filters.business_unit_ids", "business_units", units)
+        if families:
+            known = await req.conn.fetch(
+                "SELECT ref_id FROM control_families WHERE framework_id = $1", payload.framework_id
+            )
+            codes = sorted(r["ref_id"] for r in known)
+            if unknown := [f for f in families if f not in codes]:
+                message = f"not in this framework: {', '.join(unknown)} (it has {', '.join(codes)})"
+                raise UnknownValues("filters.families", message)
         envelope = req.envelope(payload)
         await artifacts.record_request(req.conn, payload, req.caller.user_id, envelope.job_id)
         return envelope
@@ -321,6 +354,10 @@ class ExportData(IntakeView):
 
     async def build(self, req: IntakeRequest) -> JobEnvelope:
         payload = ExportDataPayload.model_validate(req.body)
+        await require_known(req.conn, "filters.framework_ids", "frameworks", payload.filters.framework_ids)
+        await require_known(
+            req.conn, "filters.business_unit_ids", "business_units", payload.filters.business_unit_ids
+        )
         # Each assignment row names a person and their e-mail address: lists of people are for admins.
         if payload.entity is ExportEntity.ASSIGNMENTS and not req.caller.has_any(ADMINS):
             raise AuthError(403, "exporting ASSIGNMENTS (people's names and e-mail addresses) needs ADMIN")

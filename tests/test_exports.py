@@ -226,3 +226,14 @@ async def test_filters_that_do_not_apply_are_refused_at_intake(service: Service)
     )
     assert status == 422
     assert body["fields"] == [{"field": "filters", "message": "framework_ids does not apply to POLICIES"}]
+    # A filter naming nothing would quietly export nothing: refused on its field
+    nowhere = str(uuid4())
+    for field in ("framework_ids", "business_unit_ids"):
+        status, body = await api(
+            "POST",
+            f"{service.url}/exports",
+            token=service.user_token,
+            json={"entity": "EVIDENCE", "format": "CSV", "filters": {field: [nowhere]}},
+        )
+        assert status == 422 and body["fields"][0]["field"] == f"filters.{field}", body
+        assert nowhere in body["fields"][0]["message"]

@@ -377,6 +377,17 @@ async def test_gap_analysis_matrix_and_filters_list_what_they_promise(service: S
     )
     assert sorted(c["ref_id"] for c in statuses["controls"]) == ["AC-2", "AC-6", "AU-6"]
 
+    # Filters that name nothing are refused on their field, not answered with an empty report
+    url = f"{service.url}/reports/generate"
+    request = {"report_type": "FRAMEWORK_SCORECARD", "format": "JSON", "framework_id": str(framework_id)}
+    for filters, field in (
+        ({"business_unit_ids": [str(uuid4())]}, "filters.business_unit_ids"),
+        ({"families": ["AC", "ac"]}, "filters.families"),
+    ):
+        status, body = await api("POST", url, token=service.user_token, json={**request, "filters": filters})
+        assert status == 422 and body["fields"][0]["field"] == field, body
+    assert "ac (it has AC, AU)" in body["fields"][0]["message"]
+
     # Matrix: a column per business unit
     answer = await generate(
         service,
