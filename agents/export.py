@@ -93,6 +93,7 @@ QUERIES: dict[ExportEntity, EntityQuery] = {
                 Column("Partial", "r.partial", kind="int", width=9),
                 Column("Failed", "r.failed", kind="int", width=9),
                 Column("Not applicable", "r.not_applicable", kind="int", width=9),
+                Column("Not tested", "r.not_tested", kind="int", width=9),
                 Column("Updated", _utc("a.updated_at"), kind="date", width=17),
             ),
         ),
@@ -103,7 +104,8 @@ QUERIES: dict[ExportEntity, EntityQuery] = {
                              count(*) FILTER (WHERE x.status = 'PASS') AS passed,
                              count(*) FILTER (WHERE x.status = 'PARTIAL') AS partial,
                              count(*) FILTER (WHERE x.status = 'FAIL') AS failed,
-                             count(*) FILTER (WHERE x.status = 'NOT_APPLICABLE') AS not_applicable
+                             count(*) FILTER (WHERE x.status = 'NOT_APPLICABLE') AS not_applicable,
+                             count(*) FILTER (WHERE x.status = 'NOT_TESTED') AS not_tested
                         FROM assessment_results x WHERE x.assessment_id = a.id) r""",
         order_by="a.created_at, a.id",
         framework="a.framework_id",
@@ -253,7 +255,9 @@ async def _export(ctx: JobContext, job: ExportDataPayload, record: Any) -> None:
     await artifacts.progress(ctx, EXPORTS, job.export_id, 10, f"querying {job.entity.value.lower()}")
     query, args = export_query(job)
     extension = job.format.value.lower()
-    file_name = safe_name(f"{job.entity.value.lower()} export {record['created_at']:%Y-%m-%d}.{extension}")
+    # The id's first characters keep two exports of one day apart in a downloads folder.
+    day, short_id = f"{record['created_at']:%Y-%m-%d}", str(job.export_id)[:8]
+    file_name = safe_name(f"{job.entity.value.lower()} export {day} {short_id}.{extension}")
     key = artifacts.object_key(EXPORTS, job.export_id, record["created_at"], extension)
     with tempfile.TemporaryDirectory(prefix="export-") as workdir:
         spool = Path(workdir) / "rows.csv"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
@@ -131,7 +131,7 @@ def _write_pdf(layout: ExportLayout, spool: Path, path: Path) -> int:
         cells = []
         for n in shown:
             value = _typed(layout.columns[n], row[n])
-            text = value.strftime("%Y-%m-%d %H:%M") if isinstance(value, datetime) else row[n]
+            text = value.strftime("%Y-%m-%d %H:%M UTC") if isinstance(value, datetime) else row[n]
             cells.append(f"<td>{escape(text)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     head = "".join(f"<th>{escape(layout.columns[n].title)}</th>" for n in shown)
@@ -139,7 +139,8 @@ def _write_pdf(layout: ExportLayout, spool: Path, path: Path) -> int:
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><link rel="stylesheet" href="report.css">'
         f"<title>{escape(layout.title)}</title></head><body class='export'><h1>{escape(layout.title)}</h1>"
-        f"<p>{len(rows)} rows.</p>{note}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+        f"<p>{len(rows)} row{'s' * (len(rows) != 1)}, exported {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"
+        f"{note}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
         "</table></body></html>"
     )
     path.write_bytes(render_pdf(html))

@@ -63,11 +63,13 @@ def render_pdf(html: str) -> bytes:
 def write_cell(worksheet: Any, row: int, column: int, value: object, cell_format: Any = None) -> None:
     """An xlsxwriter cell: numbers stay numbers, datetimes become Excel dates in UTC (give a date
     `cell_format`), everything else is a string cell, never a formula."""
+    if value is None:
+        return  # a blank cell (xlsxwriter writes nothing for it)
     if isinstance(value, datetime):
         naive = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
         worksheet.write_datetime(row, column, naive, cell_format)
     elif isinstance(value, bool) or not isinstance(value, int | float):
-        worksheet.write_string(row, column, "" if value is None else str(value), cell_format)
+        worksheet.write_string(row, column, str(value), cell_format)
     else:
         worksheet.write_number(row, column, value, cell_format)
 

@@ -35,7 +35,7 @@ def report_html(document: ReportDocument) -> str:
         sections.append(_gaps(document))
     else:
         sections.append(_matrix(document))
-    if any(line.evidence for line in document.controls):
+    if any(line.evidence is not None for line in document.controls):  # asked for, even if there is none
         sections.append(_evidence(document.controls))
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -208,6 +208,11 @@ def _evidence(lines: list[ControlLine]) -> str:
         for line in lines
         for item in line.evidence or []
     )
+    if not rows:
+        return (
+            '<section class="listing"><h2>Evidence</h2>'
+            "<p>No evidence is recorded for these controls.</p></section>"
+        )
     return f"""
     <section class="listing">
       <h2>Evidence</h2>

@@ -18,7 +18,7 @@ from app import jobstore
 from app.auth import ANY_USER, Caller, authenticated
 from app.faust_app import faust_app, settings
 from app.resources import resources
-from models import JOB_EVENTS_TOPIC, JobEvent, JobStatus, apply_event
+from models import JOB_EVENTS_TOPIC, JobEvent, JobState, JobStatus, JobType, apply_event
 from models.wire import event_record
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,12 @@ class JobListView(View):
             limit = min(max(int(request.query.get("limit", "50")), 1), 500)
         except ValueError:
             return self.json({"error": "limit must be an integer"}, status=400)
+        # A misspelt filter would otherwise answer an empty list, as if there were no such jobs.
+        job_type, status = request.query.get("type"), request.query.get("status")
+        for name, value, known in (("type", job_type, JobType), ("status", status, JobState)):
+            if value and value not in known.__members__:
+                choices = ", ".join(known.__members__)
+                return self.json({"error": f"{name} must be one of {choices}"}, status=400)
         async with (await resources.pool()).acquire() as conn:
-            jobs = await jobstore.list_jobs(
-                conn,
-                job_type=request.query.get("type"),
-                status=request.query.get("status"),
-                limit=limit,
-            )
+            jobs = await jobstore.list_jobs(conn, job_type=job_type, status=status, limit=limit)
         return self.json({"jobs": jobs, "count": len(jobs)})

@@ -13,6 +13,7 @@ applicable is left out of the denominator, not assessed counts 0.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,7 +73,8 @@ class StatusTotals(ReportModel):
         for status in statuses:
             count[status] += 1
         applicable = len(statuses) - count[ControlStatus.NOT_APPLICABLE]
-        earned = count[ControlStatus.IMPLEMENTED] + 0.5 * count[ControlStatus.PARTIALLY_IMPLEMENTED]
+        # In halves, so the percentage is exact before it is rounded half up (56.25 -> 56.3)
+        halves = 2 * count[ControlStatus.IMPLEMENTED] + count[ControlStatus.PARTIALLY_IMPLEMENTED]
         return cls(
             controls=len(statuses),
             implemented=count[ControlStatus.IMPLEMENTED],
@@ -80,7 +82,11 @@ class StatusTotals(ReportModel):
             not_implemented=count[ControlStatus.NOT_IMPLEMENTED],
             not_assessed=count[ControlStatus.NOT_ASSESSED],
             not_applicable=count[ControlStatus.NOT_APPLICABLE],
-            compliance_percent=round(100 * earned / applicable, 1) if applicable else None,
+            compliance_percent=(
+                float((Decimal(100 * halves) / (2 * applicable)).quantize(Decimal("0.1"), ROUND_HALF_UP))
+                if applicable
+                else None
+            ),
         )
 
     def count(self, status: ControlStatus) -> int:

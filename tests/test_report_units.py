@@ -15,8 +15,17 @@ from agents.export import QUERIES, export_query
 from app.charts import family_bars, status_donut
 from app.compliance import least_favourable
 from app.export_files import Column, ExportLayout, write_export
-from models import ControlStatus, ExportDataPayload, ExportEntity, ExportFormat
-from models.report import StatusTotals
+from app.report_pdf import report_html
+from models import (
+    ControlStatus,
+    ExportDataPayload,
+    ExportEntity,
+    ExportFormat,
+    ReportFilters,
+    ReportFormat,
+    ReportType,
+)
+from models.report import ControlLine, FrameworkRef, ReportDocument, ReportInfo, StatusTotals
 
 S = ControlStatus
 
@@ -28,6 +37,13 @@ def test_the_score_counts_partial_as_half_and_leaves_not_applicable_out() -> Non
     assert StatusTotals.of([S.NOT_APPLICABLE]).compliance_percent is None
     assert StatusTotals.of([]).compliance_percent is None
     assert StatusTotals.of([S.IMPLEMENTED, S.NOT_ASSESSED, S.NOT_ASSESSED]).compliance_percent == 33.3
+    # 4.5 of 8 is 56.25 %: rounded half up, as a reader rounds, not to the even 56.2
+    assert (
+        StatusTotals.of(
+            [S.IMPLEMENTED] * 4 + [S.PARTIALLY_IMPLEMENTED] + [S.NOT_IMPLEMENTED] * 3
+        ).compliance_percent
+        == 56.3
+    )
 
 
 def test_across_business_units_the_least_favourable_status_wins() -> None:
@@ -85,7 +101,7 @@ def test_a_spool_becomes_typed_xlsx_and_inert_csv(tmp_path: Path) -> None:
     sheet = openpyxl.load_workbook(tmp_path / "out.xlsx")["Things"]
     first, second = list(sheet.iter_rows(min_row=2))
     assert (first[0].data_type, first[1].value, first[2].value) == ("s", 7, datetime(2026, 12, 4, 5, 0))
-    assert (second[0].value, second[1].value) == ("plain, with comma", "")
+    assert (second[0].value, second[1].value) == ("plain, with comma", None)  # empty is blank
     assert write_export(layout, ExportFormat.CSV, spool, tmp_path / "out.csv") == 2
     rows = list(csv.reader(io.StringIO((tmp_path / "out.csv").read_text(encoding="utf-8-sig"))))
     assert rows == [
@@ -93,3 +109,37 @@ def test_a_spool_becomes_typed_xlsx_and_inert_csv(tmp_path: Path) -> None:
         ['\'=HYPERLINK("http://evil")', "7", "2026-12-04T05:00:00Z"],
         ["plain, with comma", "", ""],
     ]
+
+
+def test_evidence_asked_for_but_absent_is_said_not_left_out() -> None:
+    line = ControlLine(
+        ref_id="AC-1",
+        title="Policy",
+        family="AC",
+        kind="control",
+        status=S.IMPLEMENTED,
+        assessed_at=None,
+        notes="",
+        by_business_unit=[],
+        evidence_count=0,
+        evidence=[],  # asked for; none recorded
+    )
+    document = ReportDocument(
+        report=ReportInfo(
+            id=uuid4(),
+            type=ReportType.FRAMEWORK_SCORECARD,
+            format=ReportFormat.PDF,
+            title="Scorecard",
+            generated_at=datetime.now(UTC),
+            requested_by=None,
+        ),
+        framework=FrameworkRef(id=uuid4(), name="Framework", version="1"),
+        filters=ReportFilters(),
+        totals=StatusTotals.of([line.status]),
+        families=[],
+        business_units=[],
+        controls=[line],
+    )
+    assert "No evidence is recorded for these controls." in report_html(document)
+    not_asked = document.model_copy(update={"controls": [line.model_copy(update={"evidence": None})]})
+    assert "<h2>Evidence</h2>" not in report_html(not_asked)

@@ -196,6 +196,9 @@ async def test_intake_authenticates_validates_and_produces_only_accepted_jobs(se
     assert status == 200
     assert job_id in {job["job_id"] for job in body["jobs"]}
     assert all(job["state"] == "COMPLETED" for job in body["jobs"])
+    for query in ("type=DISTRIBUTE_POLCY", "status=done"):  # misspelt: 400, not an empty list
+        status, body = await api("GET", f"{service.url}/jobs?{query}", token=service.user_token)
+        assert status == 400 and "must be one of" in body["error"], body
 
 
 async def test_status_is_answered_by_a_worker_that_does_not_own_the_job(service: Service) -> None:
