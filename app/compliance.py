@@ -17,8 +17,8 @@ import asyncpg
 
 from app.errors import NotFoundError
 from models import ControlStatus, GenerateReportPayload, ReportType
+from models.payloads import GAP_STATUSES
 from models.report import (
-    GAP_STATUSES,
     RESULT_STATUS,
     STATUS_ORDER,
     BusinessUnitRef,

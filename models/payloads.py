@@ -98,6 +98,14 @@ class ControlStatus(StrEnum):
     NOT_APPLICABLE = "NOT_APPLICABLE"
 
 
+#: A gap analysis lists the controls in these statuses.
+GAP_STATUSES = (
+    ControlStatus.NOT_IMPLEMENTED,
+    ControlStatus.PARTIALLY_IMPLEMENTED,
+    ControlStatus.NOT_ASSESSED,
+)
+
+
 class EvidenceTrigger(StrEnum):
     NIGHTLY = "NIGHTLY"
     ON_DEMAND = "ON_DEMAND"
@@ -372,6 +380,17 @@ class GenerateReportPayload(JobPayload):
     framework_id: UUID = Field(description="Framework the report covers.")
     filters: ReportFilters = Field(default_factory=ReportFilters, description="Restrictions; default none.")
     include_evidence: Bool = Field(default=False, description="Append evidence references per control.")
+
+    @model_validator(mode="after")
+    def _gaps_are_gaps(self) -> Self:
+        if self.report_type is ReportType.GAP_ANALYSIS and (
+            others := [s.value for s in self.filters.statuses if s not in GAP_STATUSES]
+        ):
+            gaps = ", ".join(s.value for s in GAP_STATUSES)
+            raise ValueError(
+                f"a GAP_ANALYSIS lists only gaps ({gaps}); filters.statuses has {', '.join(others)}"
+            )
+        return self
 
 
 class CollectEvidencePayload(JobPayload):

@@ -38,12 +38,6 @@ RESULT_STATUS = {
     "NOT_APPLICABLE": ControlStatus.NOT_APPLICABLE,
     "NOT_TESTED": ControlStatus.NOT_ASSESSED,
 }
-#: A gap analysis lists the controls in these statuses.
-GAP_STATUSES = (
-    ControlStatus.NOT_IMPLEMENTED,
-    ControlStatus.PARTIALLY_IMPLEMENTED,
-    ControlStatus.NOT_ASSESSED,
-)
 SCORING_RULE = (
     "compliance % = (implemented + 0.5 x partially implemented) / (controls - not applicable) x 100; "
     "a control's status is the newest assessment result per business unit, the least favourable across units"

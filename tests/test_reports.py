@@ -387,6 +387,9 @@ async def test_gap_analysis_matrix_and_filters_list_what_they_promise(service: S
         status, body = await api("POST", url, token=service.user_token, json={**request, "filters": filters})
         assert status == 422 and body["fields"][0]["field"] == field, body
     assert "ac (it has AC, AU)" in body["fields"][0]["message"]
+    gaps_only = {**request, "report_type": "GAP_ANALYSIS", "filters": {"statuses": [IMPL]}}
+    status, body = await api("POST", url, token=service.user_token, json=gaps_only)
+    assert status == 422 and "lists only gaps" in body["fields"][0]["message"], body
 
     # Matrix: a column per business unit
     answer = await generate(
