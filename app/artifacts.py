@@ -20,12 +20,17 @@ from uuid import UUID
 
 import asyncpg
 
+from app.errors import NonRetryableError
 from app.resources import resources
 from app.runner import JobContext
 from models import ExportDataPayload, GenerateReportPayload
 
 # Rendering gets the attempt's time less this much, which is kept for storing the file.
 STORE_RESERVE_SECONDS = 20.0
+
+
+class ArtifactIdTaken(NonRetryableError):
+    """A report or export id given for a request other than the one it was first used for."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,20 @@ async def record_request(
         "job_id": job_id,
     }
     placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
-    await conn.execute(
+    created = await conn.fetchval(
         f"INSERT INTO {kind.table} ({', '.join(columns)}) VALUES ({placeholders})"
-        " ON CONFLICT (id) DO NOTHING",
+        " ON CONFLICT (id) DO NOTHING RETURNING id",
         *columns.values(),
     )
+    if created is None:
+        # The id exists: fine for the same request again (a retry, a replayed dead letter), not
+        # for another one, which would otherwise be answered with (or rendered into) this file.
+        stored = await conn.fetchval(f"SELECT parameters FROM {kind.table} WHERE id = $1", columns["id"])
+        if any(stored.get(name) != value for name, value in columns["parameters"].items()):
+            raise ArtifactIdTaken(
+                f"{kind.noun}_id {columns['id']} already names a different {kind.noun}; "
+                f"leave {kind.noun}_id out or send a new one"
+            )
 
 
 def object_key(kind: ArtifactKind, artifact_id: UUID, requested_at: datetime, extension: str) -> str:

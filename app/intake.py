@@ -66,20 +66,16 @@ class JobIdReused(Exception):
         ]
 
 
-def recorded_job(envelope: JobEnvelope, earlier: asyncpg.Record, body: dict[str, Any]) -> JobEnvelope:
+def recorded_job(envelope: JobEnvelope, earlier: asyncpg.Record, named: set[str]) -> JobEnvelope:
     """The recorded job, answering a request that repeats it; JobIdReused if the request differs
-    in its job type or in any payload field. Ids the payload generates for itself (a report id
-    the request did not give) are not compared."""
+    in its job type or in a payload field it names (in its body or path). What the intake or the
+    payload fills in by itself (a generated report id, a policy's current targets, an upload's
+    key) is not compared."""
     payload = envelope.payload
     if earlier["job_type"] != envelope.job_type.value:
         raise JobIdReused(envelope.job_id, ["job_type"])
-    generated = {
-        name
-        for name, field in type(payload).model_fields.items()
-        if field.default_factory is uuid4 and name not in body
-    }
     asked, recorded = payload.model_dump(mode="json"), earlier["payload"]
-    differing = sorted(name for name in asked if name not in generated and asked[name] != recorded.get(name))
+    differing = sorted(name for name in named & asked.keys() if asked[name] != recorded.get(name))
     if differing:
         raise JobIdReused(envelope.job_id, differing)
     return envelope.model_copy(update={"payload": type(payload).model_validate(recorded)})
@@ -110,7 +106,7 @@ async def read_json(request: Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -165,6 +161,14 @@ class IntakeRequest:
         return capped(envelope)
 
 
+def _lock_key(job_id: Any) -> str:
+    """One key per id however it is spelt (a UUID in upper or lower case, braces or not)."""
+    try:
+        return str(UUID(str(job_id)))
+    except ValueError:
+        return str(job_id)  # not a UUID: the envelope refuses it with a 422
+
+
 class IntakeView(View):
     """One POST endpoint: subclasses name who may call it and how to build the job."""
 
@@ -192,11 +196,14 @@ class IntakeView(View):
         new one) and writes nothing; a still-QUEUED job is produced again (the first request may
         have failed between the row and the message). Any other reuse of the id is a 409.
         """
+        named = set(req.body) | set(req.path)  # before build() adds what it derives
         transaction = conn.transaction()
         await transaction.start()
         try:
             if "job_id" in req.options:  # two requests with one id take turns
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", str(req.options["job_id"]))
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", _lock_key(req.options["job_id"])
+                )
             envelope = await self.build(req)
             earlier = await conn.fetchrow(
                 "SELECT job_type, status, payload FROM jobs WHERE id = $1", envelope.job_id
@@ -205,7 +212,7 @@ class IntakeView(View):
                 to_produce = await record_all(conn, [envelope])
                 await transaction.commit()
                 return envelope, to_produce
-            recorded = recorded_job(envelope, earlier, req.body)
+            recorded = recorded_job(envelope, earlier, named)
         except BaseException:
             await transaction.rollback()
             raise
@@ -242,6 +249,8 @@ class IntakeView(View):
             }
         except JobIdReused as exc:
             return 409, {"error": str(exc), "fields": exc.fields}
+        except artifacts.ArtifactIdTaken as exc:
+            return 409, {"error": str(exc)}
         job_id = str(envelope.job_id)
         answer = {
             "job_id": job_id,
@@ -392,7 +401,10 @@ class ImportControls(IntakeView):
                 body["_upload"] = (safe_name(unquote(part.filename or "upload")), bytes(data))
             elif part.name:
                 text = await part.text()
-                body[part.name] = json.loads(text) if part.name == "column_mapping" else text
+                try:
+                    body[part.name] = json.loads(text) if part.name == "column_mapping" else text
+                except ValueError as exc:
+                    raise BadRequest(f"column_mapping is not valid JSON: {exc}") from exc
         if "_upload" not in body:
             raise BadRequest("multipart request needs a 'file' part")
         return body
@@ -403,7 +415,8 @@ class ImportControls(IntakeView):
         storage = await resources.storage()
         if upload is not None:
             name, data = upload
-            body["s3_key"] = object_key("imports", f"{req.caller.user_id}-{name}")
+            # Each upload its own object: two files of one name on one day must not overwrite each other.
+            body["s3_key"] = object_key("imports", f"{req.caller.user_id}-{uuid4().hex[:12]}-{name}")
             payload = ImportControlsPayload.model_validate_strings(body)
             await storage.put(payload.s3_key, data, "application/octet-stream")
         else:

@@ -216,12 +216,12 @@ def register_flow(spec: FlowSpec) -> None:
 
     async def consume(stream: Any) -> None:
         async for batch in stream.take_events(spec.concurrency, within=0.05):
-            await asyncio.gather(*(run_message(spec, event, tier=None) for event in batch))
+            await run_batch(spec, batch, tier=None)
 
     def retry_consumer(tier: float) -> Callable[[Any], Awaitable[None]]:
         async def consume_retries(stream: Any) -> None:
             async for batch in stream.take_events(spec.concurrency, within=0.05):
-                await asyncio.gather(*(run_message(spec, event, tier=tier) for event in batch))
+                await run_batch(spec, batch, tier=tier)
 
         return consume_retries
 
@@ -231,6 +231,21 @@ def register_flow(spec: FlowSpec) -> None:
     for tier in schedule_for(spec.flow).tiers:
         name = f"retry-{spec.flow.value}-{tier_label(tier)}"
         faust_app.agent(declare(retry_topic(spec.flow, tier)), name=name, concurrency=1)(retry_consumer(tier))
+
+
+async def run_batch(spec: FlowSpec, batch: list[Any], *, tier: float | None) -> None:
+    """Run a batch's messages together, except that messages with one key (one job id, delivered
+    twice) run one after the other: the second then finds the job finished and is skipped, where
+    together both would have claimed it (a claim must accept a job left ACTIVE by a crash)."""
+    by_key: dict[Any, list[Any]] = {}
+    for event in batch:
+        by_key.setdefault(event.message.key or id(event), []).append(event)
+
+    async def in_turn(events: list[Any]) -> None:
+        for event in events:
+            await run_message(spec, event, tier=tier)
+
+    await asyncio.gather(*(in_turn(events) for events in by_key.values()))
 
 
 async def run_message(spec: FlowSpec, event: Any, *, tier: float | None) -> None:

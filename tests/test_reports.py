@@ -18,13 +18,14 @@ import aiohttp
 import jsonschema
 import openpyxl
 import pytest
+from aiokafka import AIOKafkaProducer
 from pypdf import PdfReader
 
 from app.auth import issue_token
 from app.config import get_settings
 from app.devstack import LOW_BASELINE
 from app.storage import open_storage
-from models import Role
+from models import GenerateReportPayload, JobEnvelope, Role
 from models.schema import REPORT_SCHEMA_FILE, SCHEMA_DIR
 from tests.service import JWT_SECRET, Service, needs_shared_data, run_import, running_service
 from tests.workers import api, wait_for_job
@@ -317,11 +318,52 @@ async def test_a_repeated_job_id_answers_with_the_first_report_and_a_different_r
         json={"job_id": job_id, "entity": "CONTROLS", "format": "CSV"},
     )
     assert status == 409 and body["fields"][0]["field"] == "job_type", body
+    # The id spelt in capitals is the same id
+    status, again = await api(
+        "POST", url, token=service.user_token, json={"job_id": job_id.upper(), **request}
+    )
+    assert (status, again["report_id"]) == (200, first["report_id"]), again
+    # A report id that names a finished report cannot be reused for another report
+    reused = {**request, "format": "XLSX", "report_id": first["report_id"]}
+    status, body = await api("POST", url, token=service.user_token, json=reused)
+    assert status == 409 and "already names a different report" in body["error"], body
     async with service.db() as conn:
         reports = await conn.fetchval("SELECT count(*) FROM reports WHERE job_id = $1", UUID(job_id))
         exports = await conn.fetchval("SELECT count(*) FROM exports WHERE job_id = $1", UUID(job_id))
         attempts = await conn.fetchval("SELECT count(*) FROM job_attempts WHERE job_id = $1", UUID(job_id))
     assert (reports, exports, attempts) == (1, 0, 1)
+
+
+def metric(text: str, line_start: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+async def test_one_job_delivered_twice_at_once_runs_once(service: Service) -> None:
+    framework_id = await scenario_framework(service)
+    payload = GenerateReportPayload(
+        report_type="FRAMEWORK_SCORECARD", format="JSON", framework_id=framework_id
+    )
+    envelope = JobEnvelope.for_payload(payload, requested_by=service.org.user_ids[5])
+    duplicates = 'governance_jobs_duplicate_total{queue="reporting"}'
+    before = metric((await api("GET", f"{service.url}/metrics"))[1], duplicates)
+    # Both copies in one send: they arrive together, as a redelivery beside the original would
+    producer = AIOKafkaProducer(bootstrap_servers=service.env["KAFKA_BOOTSTRAP_SERVERS"], acks="all")
+    await producer.start()
+    try:
+        raw, key = envelope.model_dump_json().encode(), str(envelope.job_id).encode()
+        sent = [await producer.send(envelope.topic, raw, key=key) for _ in range(2)]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    done = await wait_for_job(service.url, str(envelope.job_id), service.user_token, ("COMPLETED", "DEAD"))
+    assert done["state"] == "COMPLETED"
+    for _ in range(100):  # the second copy is read after the first has finished
+        after = metric((await api("GET", f"{service.url}/metrics"))[1], duplicates)
+        if after > before:
+            break
+        await asyncio.sleep(0.2)
+    assert after == before + 1  # skipped as a duplicate, not run beside the first
+    assert await report_ready_notifications(service, payload.report_id) == 1
 
 
 async def report_json(service: Service, framework_id: UUID, **request: Any) -> dict[str, Any]:

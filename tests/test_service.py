@@ -152,6 +152,8 @@ async def test_intake_authenticates_validates_and_produces_only_accepted_jobs(se
     assert body["fields"][0]["field"] == "channels.0"
     status, body = await api("POST", url, token=service.admin_token, data=b"{not json")
     assert status == 400
+    status, body = await api("POST", url, token=service.admin_token, data=b"[" * 100_000)  # deep, not big
+    assert status == 400 and "not valid JSON" in body["error"]
     # Bodies over 256 KiB are refused whole: valid JSON padded past the limit, with a
     # Content-Length and chunked without one
     padded = b'{"channels": ["IN_APP"]' + b" " * (300 * 1024) + b"}"
