@@ -72,6 +72,8 @@ def recorded_job(envelope: JobEnvelope, earlier: asyncpg.Record, named: set[str]
     payload fills in by itself (a generated report id, a policy's current targets, an upload's
     key) is not compared."""
     payload = envelope.payload
+    if earlier["requested_by"] != envelope.requested_by:  # job ids are not secret: GET /jobs lists them
+        raise JobIdReused(envelope.job_id, ["requested_by"])
     if earlier["job_type"] != envelope.job_type.value:
         raise JobIdReused(envelope.job_id, ["job_type"])
     asked, recorded = payload.model_dump(mode="json"), earlier["payload"]
@@ -206,7 +208,7 @@ class IntakeView(View):
                 )
             envelope = await self.build(req)
             earlier = await conn.fetchrow(
-                "SELECT job_type, status, payload FROM jobs WHERE id = $1", envelope.job_id
+                "SELECT job_type, status, payload, requested_by FROM jobs WHERE id = $1", envelope.job_id
             )
             if earlier is None:
                 to_produce = await record_all(conn, [envelope])

@@ -318,6 +318,9 @@ async def test_a_repeated_job_id_answers_with_the_first_report_and_a_different_r
         json={"job_id": job_id, "entity": "CONTROLS", "format": "CSV"},
     )
     assert status == 409 and body["fields"][0]["field"] == "job_type", body
+    # Someone else's job id is not theirs to repeat
+    status, body = await api("POST", url, token=service.admin_token, json={"job_id": job_id, **request})
+    assert status == 409 and body["fields"][0]["field"] == "requested_by", body
     # The id spelt in capitals is the same id
     status, again = await api(
         "POST", url, token=service.user_token, json={"job_id": job_id.upper(), **request}
