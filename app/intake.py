@@ -67,10 +67,10 @@ class JobIdReused(Exception):
 
 
 def recorded_job(envelope: JobEnvelope, earlier: asyncpg.Record, named: set[str]) -> JobEnvelope:
-    """The recorded job, answering a request that repeats it; JobIdReused if the request differs
-    in its job type or in a payload field it names (in its body or path). What the intake or the
-    payload fills in by itself (a generated report id, a policy's current targets, an upload's
-    key) is not compared."""
+    """The recorded job, answering a request that repeats it; JobIdReused if the request comes
+    from someone else, or differs in its job type or in a payload field it names (in its body or
+    path). What the intake or the payload fills in by itself (a generated report id, a policy's
+    current targets, an upload's key) is not compared."""
     payload = envelope.payload
     if earlier["requested_by"] != envelope.requested_by:  # job ids are not secret: GET /jobs lists them
         raise JobIdReused(envelope.job_id, ["requested_by"])
