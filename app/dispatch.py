@@ -13,6 +13,7 @@ import asyncpg
 
 from app import jobstore
 from app.faust_app import faust_app
+from app.retry import capped
 from app.status import publish_event
 from models import JobEnvelope, JobEvent, JobState
 from models.wire import envelope_record
@@ -52,7 +53,9 @@ async def record_all(conn: asyncpg.Connection, envelopes: Sequence[JobEnvelope])
 
 
 async def produce_all(envelopes: Sequence[JobEnvelope]) -> int:
-    """Produce jobs and their QUEUED events concurrently; returns how many."""
+    """Produce jobs and their QUEUED events concurrently; returns how many. Each carries its
+    flow's attempt cap, so the message and the status say what the runner will allow."""
+    envelopes = [capped(e) for e in envelopes]
     await asyncio.gather(*(produce(e) for e in envelopes))
     await asyncio.gather(
         *(

@@ -26,7 +26,6 @@ from app.dispatch import produce_all, record_all
 from app.errors import NotFoundError
 from app.faust_app import faust_app, settings
 from app.resources import resources
-from app.retry import capped
 from app.storage import object_key, safe_name
 from models import (
     DistributePolicyPayload,
@@ -152,7 +151,7 @@ class IntakeRequest:
     def envelope(self, payload: JobPayload) -> JobEnvelope:
         """The caller's envelope options (job_id, correlation_id, priority) are validated with
         the envelope, so a bad one gets a field-level 422 like any payload field."""
-        envelope = JobEnvelope.model_validate(
+        return JobEnvelope.model_validate(
             {
                 "job_type": payload.job_type.value,
                 "payload": payload.model_dump(mode="json"),
@@ -160,15 +159,6 @@ class IntakeRequest:
                 **self.options,
             }
         )
-        return capped(envelope)
-
-
-def _lock_key(job_id: Any) -> str:
-    """One key per id however it is spelt (a UUID in upper or lower case, braces or not)."""
-    try:
-        return str(UUID(str(job_id)))
-    except ValueError:
-        return str(job_id)  # not a UUID: the envelope refuses it with a 422
 
 
 class IntakeView(View):
@@ -202,11 +192,9 @@ class IntakeView(View):
         transaction = conn.transaction()
         await transaction.start()
         try:
-            if "job_id" in req.options:  # two requests with one id take turns
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1))", _lock_key(req.options["job_id"])
-                )
             envelope = await self.build(req)
+            if "job_id" in req.options:  # two requests with one id (however spelt) take turns
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", str(envelope.job_id))
             earlier = await conn.fetchrow(
                 "SELECT job_type, status, payload, requested_by FROM jobs WHERE id = $1", envelope.job_id
             )
@@ -235,7 +223,8 @@ class IntakeView(View):
                 envelope, to_produce = await self._record(
                     conn, IntakeRequest(conn, caller, body, path, options)
                 )
-            created = await produce_all(to_produce) == 1
+            await produce_all(to_produce)
+            created = bool(to_produce)
         except AuthError as exc:
             return exc.status, {"error": str(exc)}
         except BadRequest as exc:
