@@ -35,7 +35,7 @@ def report_html(document: ReportDocument) -> str:
         sections.append(_gaps(document))
     else:
         sections.append(_matrix(document))
-    if any(line.evidence is not None for line in document.controls):  # asked for, even if there is none
+    if document.evidence_asked:
         sections.append(_evidence(document.controls))
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'

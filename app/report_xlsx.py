@@ -64,7 +64,7 @@ def write_report_xlsx(document: ReportDocument, path: Path) -> None:
             rows = (_matrix_row(c, [u.id for u in units]) for c in document.controls)
             widths = [12, 50, 10, *(18 for _ in units), 20, 9]
             _table_sheet(book, formats, "Matrix", header, rows, widths)
-        if any(c.evidence is not None for c in document.controls):  # asked for, even if there is none
+        if document.evidence_asked:
             header = ["Control", "Evidence", "Source", "Status", "Collected", "Object key"]
             rows = (
                 [c.ref_id, e.title, e.source, e.status, e.collected_at, e.s3_key]

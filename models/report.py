@@ -160,3 +160,8 @@ class ReportDocument(ReportModel):
         description="Every control in scope in catalogue order; a GAP_ANALYSIS lists only the gaps "
         "(not implemented, partially implemented, not assessed), least favourable first within a family."
     )
+
+    @property
+    def evidence_asked(self) -> bool:
+        """The request asked for evidence: every line then carries a list, empty or not."""
+        return any(line.evidence is not None for line in self.controls)
