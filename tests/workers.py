@@ -99,6 +99,18 @@ async def api(
         return resp.status, await resp.text()
 
 
+async def metric_value(base_url: str, sample: str, *, at_least: float = 0, timeout: float = 20) -> float:
+    """A Prometheus sample from /metrics (its lines starting with `sample`, summed; 0 while absent),
+    polled until it reaches `at_least` or `timeout` seconds pass; the last value read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, text = await api("GET", f"{base_url}/metrics")
+        value = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample))
+        if value >= at_least or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.2)
+
+
 async def wait_for_job(
     base_url: str, job_id: str, token: str, states: tuple[str, ...] = ("COMPLETED",), timeout: float = 60
 ) -> dict[str, Any]:
