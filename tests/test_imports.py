@@ -16,8 +16,8 @@ import xlsxwriter
 from app.config import get_settings
 from app.devstack import LOW_BASELINE, SHARED_DATA
 from app.storage import open_storage
-from tests.service import Service, needs_shared_data, run_import, running_service
-from tests.workers import api
+from tests.service import Service, needs_shared_data, run_import, running_service, upload
+from tests.workers import api, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +182,22 @@ async def test_a_changed_control_is_updated_and_its_previous_text_kept(service: 
         )
     assert len(history) == 1 and history[0]["previous"]["statement"] == "Daily."
     assert current == "Hourly."
+
+
+async def test_two_uploads_of_one_file_name_each_import_their_own_file(service: Service) -> None:
+    files = (b"ref_id,title\nUP-1,One\n", b"ref_id,title\nUP-1,One\nUP-2,Two\n")
+    # Both uploaded before either is imported: a shared object key would hand both the second file
+    answers = [
+        (await upload(service, "controls.csv", data, f"Upload {uuid4().hex[:6]}"))[1] for data in files
+    ]
+    done = [await wait_for_job(service.url, a["job_id"], service.admin_token, timeout=120) for a in answers]
+    assert [d["result"]["created"] for d in done] == [1, 2]
+    async with service.db() as conn:
+        keys = await conn.fetch(
+            "SELECT payload->>'s3_key' AS key FROM jobs WHERE id = ANY($1::uuid[])",
+            [UUID(a["job_id"]) for a in answers],
+        )
+    assert len({k["key"] for k in keys}) == 2
 
 
 async def test_csv_quirks_are_read(service: Service) -> None:
