@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import aiohttp
 import pytest
 import xlsxwriter
 
@@ -198,6 +199,15 @@ async def test_two_uploads_of_one_file_name_each_import_their_own_file(service: 
             [UUID(a["job_id"]) for a in answers],
         )
     assert len({k["key"] for k in keys}) == 2
+
+
+async def test_a_malformed_column_mapping_is_a_400(service: Service) -> None:
+    form = aiohttp.FormData()
+    form.add_field("file", b"ref_id,title\nX-1,One\n", filename="controls.csv")
+    form.add_field("framework_name", "Malformed mapping")
+    form.add_field("column_mapping", "{nope")
+    status, body = await api("POST", f"{service.url}/imports", token=service.admin_token, data=form)
+    assert status == 400 and "column_mapping is not valid JSON" in body["error"]
 
 
 async def test_csv_quirks_are_read(service: Service) -> None:
